@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make demo` (the main job on the built-in data) and `make test`.
+# Both create .venv on first use: the pinned CPU torch first (an unpinned torch pulls a multi-GB CUDA build),
+# then the project. With your own torch already in an environment, `pip install -e .` accepts it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast lint benchmark clean
+
+$(BIN)/uniemo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+demo: $(BIN)/uniemo
+	$(BIN)/uniemo demo
+
+test: $(BIN)/uniemo
+	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/uniemo
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/uniemo
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+benchmark: $(BIN)/uniemo
+	$(BIN)/python benchmarks/understanding_query_modes.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from uniemo.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""Checkpoints as directories: ``model.json`` + ``model.safetensors`` + ``config.yaml`` (+ training state).
+
+Nothing here unpickles: weights, optimiser moments and RNG states are safetensors tensors, everything else
+JSON or YAML. Directories are written beside their destination and renamed into place, so a crash during a
+write leaves the previous checkpoint whole.
+
+A run directory holds ``best/`` (the model of the best validation accuracy), ``last/`` (the latest model
+with its training state, for ``--resume``), ``logs/`` (TensorBoard) and ``metrics.jsonl``. Functions that
+take a checkpoint accept the run directory too and use its ``best/`` (or ``last/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from uniemo.errors import CheckpointError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+META_FILE = "model.json"
+CONFIG_FILE = "config.yaml"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary directory that replaces ``path`` once the block finishes without error.
+
+    The swap renames the old directory aside, renames the new one into place, then deletes the old one; if
+    the process dies in between, :func:`resolve_checkpoint` still finds the aside copy.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model directory from a checkpoint path or a run directory (its ``best/``, else ``last/``).
+
+    Raises:
+        CheckpointError: nothing loadable is there (with what is missing, and pickles named as refused).
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        if path.suffix in _PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"{path} is a pickle file; uniemo loads weights only from safetensors checkpoint directories "
+                "(pickles can run code when loaded)"
+            )
+        raise CheckpointError(f"{path} is a file; give a checkpoint directory (with {META_FILE} and {MODEL_FILE})")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    for candidate in (path, path / "best", path / "last", path / ".last.old"):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+    if pickles:
+        raise CheckpointError(
+            f"{path} holds only pickle weights ({', '.join(pickles)}); uniemo loads safetensors checkpoints only"
+        )
+    raise CheckpointError(f"{path} is not a uniemo checkpoint: {META_FILE} is missing (no best/ or last/ either)")
+
+
+def save_model(directory: Path, model: torch.nn.Module, meta: dict[str, Any], config_yaml: str | None = None) -> None:
+    """Writes ``model.json`` (``meta`` + format version) and ``model.safetensors`` into ``directory``."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / MODEL_FILE), metadata={"format": "pt", "uniemo_version": str(FORMAT_VERSION)})
+    (directory / META_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=1))
+    if config_yaml is not None:
+        (directory / CONFIG_FILE).write_text(config_yaml)
+
+
+def read_meta(directory: Path, kind: str) -> dict[str, Any]:
+    """Reads and checks ``model.json`` of a checkpoint of ``kind`` (e.g. ``understanding``)."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{directory / META_FILE} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{directory} is a '{found}' checkpoint, not a uniemo '{kind}' checkpoint")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{directory} was written by a newer uniemo (format {meta['format_version']}); upgrade")
+    return meta
+
+
+def load_weights(directory: Path, model: torch.nn.Module) -> None:
+    """Loads ``model.safetensors`` into ``model`` strictly.
+
+    Raises:
+        CheckpointError: the file is missing or corrupt, or its tensors do not fit ``model``'s architecture.
+    """
+    file = directory / MODEL_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{directory} has no {MODEL_FILE}")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({err})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = (
+            f"missing {missing[0]}"
+            if missing
+            else f"unexpected {unexpected[0]}"
+            if unexpected
+            else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
+        )
+        raise CheckpointError(
+            f"{file} holds another architecture than {directory / META_FILE} describes ({detail}); "
+            "the checkpoint is inconsistent or was written for a different model"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training state (optimiser, scheduler, RNG, counters): safetensors + JSON, never pickle
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, pstate in state_dict["state"].items():
+        for name, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *rest["scalars"].items()]:
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_training_state(
+    directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any, counters: dict[str, Any]
+) -> None:
+    """Writes optimiser moments, scheduler, RNG states and ``counters`` (step, epoch, …) into ``directory``."""
+    tensors, rest = _flatten_optimizer(optimizer.state_dict())
+    tensors["__rng_torch__"] = torch.get_rng_state()
+    save_file(tensors, str(directory / "training_state.safetensors"))
+    state = {"optimizer": rest, "scheduler": scheduler.state_dict(), "counters": counters}
+    (directory / "training_state.json").write_text(json.dumps(state))
+
+
+def load_training_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Restores what :func:`save_training_state` wrote and returns the counters."""
+    try:
+        tensors = load_file(str(directory / "training_state.safetensors"))
+        state = json.loads((directory / "training_state.json").read_text())
+    except (FileNotFoundError, SafetensorError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory} has no readable training state to resume from ({err})") from None
+    torch.set_rng_state(tensors.pop("__rng_torch__"))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    return state["counters"]

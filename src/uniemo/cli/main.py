@@ -1,0 +1,248 @@
+"""The ``uniemo`` command line. Heavy libraries are imported inside each command, so ``--help`` is instant.
+
+User errors (bad paths, configs, data, checkpoints) print one ``error:`` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from uniemo.errors import UniEmoError
+
+logger = logging.getLogger("uniemo")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "accelerate", "PIL", "matplotlib", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config path, or the name of a built-in config (``tiny``, ``emoset-vitb32``, …)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    from importlib import resources
+
+    builtin = resources.files("uniemo.configs").joinpath(f"{path.stem}.yaml")
+    if builtin.is_file():
+        return Path(str(builtin))
+    available = sorted(p.name[:-5] for p in resources.files("uniemo.configs").iterdir() if p.name.endswith(".yaml"))
+    raise UniEmoError(f"config not found: {name} (built-in configs: {', '.join(available)})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> int:
+    from uniemo.data.synth import SynthConfig, write_synthetic_dataset
+
+    cfg = SynthConfig(
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        resolution=args.resolution,
+        seed=args.seed,
+        label_noise=args.label_noise,
+    )
+    root = write_synthetic_dataset(args.dir, cfg, overwrite=args.overwrite)
+    print(
+        f"wrote the built-in dataset to {root}: {cfg.train} train / {cfg.val} val / {cfg.test} test images, "
+        f"{cfg.resolution} px (seed {cfg.seed})"
+    )
+    return 0
+
+
+def cmd_train_understanding(args: argparse.Namespace) -> int:
+    from uniemo.config import load_config
+    from uniemo.train.understanding import train_understanding
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    summary = train_understanding(cfg, resume=args.resume)
+    print(
+        f"stage 1 done: best val accuracy {summary.best_val_accuracy:.2%} at step {summary.best_step} "
+        f"({summary.steps} steps, {summary.seconds_per_step * 1000:.0f} ms/step); model in {cfg.output_dir}/best"
+    )
+    return 0
+
+
+def _collect_images(inputs: list[str]) -> list[Path]:
+    from uniemo.data.images import is_image_file
+
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)))
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise UniEmoError(f"no such file or directory: {item}")
+    if not paths:
+        raise UniEmoError(f"no image files found in {', '.join(inputs)}")
+    return paths
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from uniemo.data.images import load_image
+    from uniemo.pipelines.classifier import EmotionClassifier
+
+    if args.top_k is not None and args.top_k < 1:
+        raise UniEmoError("--top-k must be at least 1")
+    clf = EmotionClassifier.from_pretrained(args.checkpoint)
+    paths = _collect_images(args.inputs)
+    failed = 0
+    bar = tqdm(total=len(paths), desc="classifying", disable=len(paths) <= args.batch_size, file=sys.stderr)
+    for start in range(0, len(paths), args.batch_size):
+        chunk, pixels = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                pixels.append(clf.transform(load_image(path)))
+                chunk.append(path)
+            except UniEmoError as err:
+                failed += 1
+                print(f"warning: skipped: {err}", file=sys.stderr)
+        bar.update(len(paths[start : start + args.batch_size]))
+        if not chunk:
+            continue
+        with torch.no_grad():
+            probs = clf.model(torch.stack(pixels).to(clf.device)).logits.float().softmax(-1).cpu()
+        for path, p in zip(chunk, probs):
+            pred = clf.to_prediction(p, args.top_k if args.top_k else (None if args.json else 3), str(path))
+            if args.json:
+                print(json.dumps(pred.to_dict()), flush=True)
+            else:
+                others = ", ".join(f"{n} {v:.2f}" for n, v in pred.top[1:])
+                line = f"{path}: {pred.label} {pred.probability:.2f}" + (f" ({others})" if others else "")
+                if pred.sentiment:
+                    mood = max(pred.sentiment, key=pred.sentiment.get)
+                    line += f" · {mood} {pred.sentiment[mood]:.2f}"
+                bar.write(line, file=sys.stdout)
+    bar.close()
+    if failed == len(paths):
+        raise UniEmoError(f"none of the {len(paths)} input(s) could be read as an image")
+    return 0
+
+
+def cmd_evaluate_understanding(args: argparse.Namespace) -> int:
+    from uniemo.evaluate import evaluate_understanding
+
+    result = evaluate_understanding(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        data_format=args.format,
+        fold=args.fold,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['num_samples']} images of {result['dataset']} [{result['split']}] ({result['mode']})")
+    print(f"top-1 accuracy: {result['accuracy']:.2%}")
+    if result["sentiment_accuracy"] is not None:
+        print(f"2-class accuracy: {result['sentiment_accuracy']:.2%}")
+    for name, acc in result["per_class_accuracy"].items():
+        print(f"  {name:<12} {acc:.2%}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} unreadable image(s), e.g. {result['skipped'][0]}")
+    print(f"confusion matrix: {result['confusion_png']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from uniemo.demo import run_demo
+
+    run_demo(Path(args.out), fast=args.fast, force=args.force)
+    return 0
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from uniemo.models.factory import list_architectures
+
+    print("\n".join(list_architectures()))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uniemo", description="UniEmo: emotion understanding and generation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the built-in dataset (EmoSet layout)")
+    p.add_argument("dir", help="output directory")
+    p.add_argument("--train", type=int, default=4000, help="training images (default 4000)")
+    p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
+    p.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-noise", type=float, default=0.05, help="fraction of flipped labels (default 0.05)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a stage")
+    stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    t = stages.add_parser("understanding", help="stage 1: the expert-query emotion classifier")
+    t.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny, emoset-vitb32)")
+    t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last/ state")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+    t.set_defaults(func=cmd_train_understanding)
+
+    p = sub.add_parser("classify", help="predict the emotion of images")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=None, help="emotions to list per image (default 3; all with --json)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="evaluate a model")
+    kinds = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    e = kinds.add_parser("understanding", help="accuracy, per-class and 2-class accuracy, confusion matrix")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", required=True, help="dataset directory (EmoSet, FI, EmotionROI, Twitter, folders)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--format", default="auto", help="dataset layout (default: detected)")
+    e.add_argument("--fold", type=int, default=0, help="cross-validation fold (Twitter)")
+    e.add_argument("--out", default=None, help="where report.json and confusion.png go")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    e.set_defaults(func=cmd_evaluate_understanding)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in dataset")
+    p.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
+    p.add_argument("--fast", action="store_true", help="a short run (the tests use it)")
+    p.add_argument("--force", action="store_true", help="redo finished stages")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("architectures", help="list the built-in (random-init) CLIP architectures")
+    p.set_defaults(func=cmd_architectures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UniEmoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

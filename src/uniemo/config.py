@@ -1,0 +1,306 @@
+"""Typed run configurations: one YAML per experiment, ``key=value`` overrides, unknown keys are an error.
+
+A config is a tree of dataclasses. :func:`load_config` reads a YAML file into it, applies dotted overrides
+(``optim.lr=3e-4``, ``model.query_mode=none``) and checks every value against its field's type, so a typo
+or a wrong type fails at start-up with the offending key named, not hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from uniemo.errors import ConfigError
+
+QueryMode = Literal["multi_stage", "single_step", "none"]
+DatasetFormat = Literal["auto", "emoset", "fi", "emotionroi", "twitter", "folder"]
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read.
+
+    Attributes:
+        root: dataset directory (no default: every run names its data).
+        format: layout of ``root``; ``auto`` detects EmoSet, FI, EmotionROI, Twitter and class folders.
+        train_split / val_split / test_split: split names (EmoSet: ``train.json`` …; folders: sub-directories
+            or split lists).
+        fold: cross-validation fold for datasets without a fixed split (Twitter I/II: 5 folds).
+        augment: random resized crop (scale 0.8–1) and horizontal flip in training.
+        num_workers: DataLoader worker processes.
+        max_train_samples: use only the first N training samples (quick runs).
+        on_bad_image: ``skip`` unreadable images (counted and reported) or stop with an ``error``.
+    """
+
+    root: str = ""
+    format: DatasetFormat = "auto"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    fold: int = 0
+    augment: bool = True
+    num_workers: int = 0
+    max_train_samples: int | None = None
+    on_bad_image: Literal["skip", "error"] = "skip"
+
+
+@dataclass
+class ModelConfig:
+    """The understanding model (METHOD §2).
+
+    Attributes:
+        backbone: a CLIP checkpoint (hub id or local directory) or a named tiny architecture
+            (``uniemo.models.list_architectures()``), randomly initialised.
+        text_model: the frozen CLIP text tower that embeds scene/object names; ``None`` uses ``backbone``'s.
+        query_mode: ``multi_stage`` (the method), ``single_step`` (both query sets enter at layer 0) or
+            ``none`` (plain CLIP fine-tuning).
+        num_scene_queries / num_object_queries: expert-query lengths n_s, n_o.
+        scene_layer / object_layer: L₁ and L₂ (1-based layer after which each Interactive Block runs);
+            ``None`` gives round(N/3) and round(2N/3).
+        ib_layers: layers of each Interactive Block.
+        beta_init: initial value of the modulation scalars β.
+        attribute_template: prompt for scene/object names, ``{}`` is replaced by the name.
+        temperature: τ of the attribute InfoNCE losses.
+        freeze_backbone: train only the new modules (queries, IBs, β, projections, head).
+        gradient_checkpointing: recompute vision layers in backward (less memory, about 30 % slower).
+    """
+
+    backbone: str = "openai/clip-vit-base-patch32"
+    text_model: str | None = None
+    query_mode: QueryMode = "multi_stage"
+    num_scene_queries: int = 32
+    num_object_queries: int = 32
+    scene_layer: int | None = None
+    object_layer: int | None = None
+    ib_layers: int = 2
+    beta_init: float = 0.1
+    attribute_template: str = "{}"
+    temperature: float = 0.07
+    freeze_backbone: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LossConfig:
+    """L_U = scene·L_S + object·L_O + ce·L_CE (paper: 0.25 / 0.25 / 0.5)."""
+
+    scene_weight: float = 0.25
+    object_weight: float = 0.25
+    ce_weight: float = 0.5
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with cosine decay and linear warm-up (paper §IV-A).
+
+    Attributes:
+        batch_size: global batch size (split across processes).
+        epochs: passes over the training set; ``max_steps`` overrides it when set.
+        backbone_lr_scale: the pretrained vision tower's lr is ``lr × backbone_lr_scale``.
+        warmup_ratio: fraction of the steps spent in linear warm-up.
+        grad_accum_steps: gradient accumulation steps per optimiser step.
+        max_grad_norm: gradient clipping; 0 disables it.
+    """
+
+    lr: float = 1e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 128
+    epochs: int = 10
+    max_steps: int | None = None
+    warmup_ratio: float = 0.05
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class UnderstandingRunConfig:
+    """A stage-1 run: data, model, loss, optimiser and bookkeeping.
+
+    Attributes:
+        output_dir: where ``last/``, ``best/``, ``logs/`` and ``metrics.jsonl`` go.
+        seed: seeds initialisation, data order and augmentation.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (through accelerate).
+        eval_every: validate (and select the best model) every this many optimiser steps; 0 = once per epoch.
+        save_every: write a resumable ``last/`` checkpoint every this many steps; 0 = at each evaluation.
+        log_every: log losses every this many steps.
+        threads: torch intra-op threads per process; 0 leaves torch's default.
+    """
+
+    output_dir: str = ""
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 10
+    threads: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading, overrides and type checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against type ``tp`` (ints are accepted as floats, lists as tuples) and returns it."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key + ".")
+    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        valid = ", ".join(prefix + n for n in sorted(names))
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {valid}")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turns ``["optim.lr=3e-4", "model.query_mode=none"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. optim.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        # YAML reads 3e-4 as a string (no dot); numbers users type must stay numbers.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Builds config dataclass ``cls`` from a (nested) dict, with every key and type checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+    return _build(cls, values)
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, cls: type = UnderstandingRunConfig
+) -> Any:
+    """Reads a YAML config (or starts from the defaults when ``path`` is None) and applies overrides.
+
+    Raises:
+        ConfigError: the file is missing or unparsable, a key is unknown or a value has the wrong type.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        values = loaded
+    values = _merge(values, parse_overrides(overrides or []))
+    return config_from_dict(cls, values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able values (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Writes the resolved config as YAML (the file a checkpoint carries)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

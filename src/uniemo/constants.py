@@ -1,0 +1,38 @@
+"""Constants that exist once in the project: emotion names, sentiment mapping, CLIP normalisation."""
+
+from __future__ import annotations
+
+#: EmoSet's eight emotions in its index order (METHOD §1). Indices 0–3 are positive, 4–7 negative.
+EMOSET_EMOTIONS: tuple[str, ...] = (
+    "amusement",
+    "awe",
+    "contentment",
+    "excitement",
+    "anger",
+    "disgust",
+    "fear",
+    "sadness",
+)
+POSITIVE_EMOTIONS: frozenset[str] = frozenset(EMOSET_EMOTIONS[:4])
+NEGATIVE_EMOTIONS: frozenset[str] = frozenset(EMOSET_EMOTIONS[4:])
+
+#: EmotionROI's six Ekman classes, in alphabetical order (METHOD §1).
+EMOTIONROI_EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
+#: Twitter I / II's two sentiment classes.
+SENTIMENTS: tuple[str, ...] = ("negative", "positive")
+
+#: CLIP's image normalisation (OpenAI CLIP preprocessing).
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+#: Size of CLIP's BPE vocabulary; a tokenizer of another size was built wrong (see ENVIRONMENT: offline traps).
+CLIP_VOCAB_SIZE = 49408
+
+
+def sentiment_of(emotion: str) -> str | None:
+    """The 2-class sentiment of an EmoSet emotion name, or ``None`` for a name outside the 8 emotions."""
+    if emotion in POSITIVE_EMOTIONS:
+        return "positive"
+    if emotion in NEGATIVE_EMOTIONS:
+        return "negative"
+    return None

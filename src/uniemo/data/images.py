@@ -1,0 +1,73 @@
+"""Robust image reading: any file a user's dataset holds becomes an RGB image or a clear error naming it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from uniemo.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: Decompression-bomb guard: larger images are refused (Pillow's own limit, stated here so it is one place).
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` has an image file extension."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to 8-bit RGB: alpha over white, 16-bit and float scaled, CMYK and palette mapped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float32)
+        if image.mode == "F":
+            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
+        else:
+            top = 255.0 if arr.size and arr.max() <= 255 else 65535.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(arr, mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Reads an image file as 8-bit RGB with its EXIF orientation applied (first frame of animations).
+
+    Raises:
+        DataError: the file is missing, empty, not an image, truncated, or larger than ``MAX_IMAGE_PIXELS``.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"image {path} has {opened.width}x{opened.height} pixels, over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,}; downscale it first"
+                    )
+                opened.seek(0)
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                image = _to_rgb(image)
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except UnidentifiedImageError:
+        size = path.stat().st_size if path.exists() else 0
+        what = "is empty (0 bytes)" if size == 0 else "is not an image Pillow can read"
+        raise DataError(f"image {path} {what}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"image {path} cannot be decoded ({err}); it may be truncated or corrupt") from None
+    if image.width < 1 or image.height < 1:
+        raise DataError(f"image {path} has no pixels")
+    return image

@@ -1,0 +1,79 @@
+"""Evaluation of a trained understanding model on any dataset whose labels it can name (METHOD §7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uniemo.checkpoint import resolve_checkpoint
+from uniemo.constants import SENTIMENTS, sentiment_of
+from uniemo.data.datasets import EmotionImageDataset, open_dataset
+from uniemo.errors import UniEmoError
+from uniemo.metrics.classification import classification_report, save_confusion_matrix
+from uniemo.pipelines.classifier import EmotionClassifier, predict_dataset
+
+
+def map_probabilities(probs: np.ndarray, model_classes: list[str], data_classes: list[str]) -> tuple[np.ndarray, str]:
+    """Maps (N, K_model) probabilities onto a dataset's classes for cross-dataset evaluation.
+
+    * same names, or the dataset's a subset: the dataset's columns, by name (``same label set`` / ``subset``);
+    * a 2-class sentiment dataset and an emotion model: summed over positive and negative emotions.
+
+    Raises:
+        UniEmoError: the label sets cannot be matched.
+    """
+    if set(data_classes) <= set(model_classes):
+        columns = [model_classes.index(c) for c in data_classes]
+        mode = "same label set" if set(data_classes) == set(model_classes) else "subset of the model's classes"
+        return probs[:, columns], mode
+    groups = [sentiment_of(c) for c in model_classes]
+    if tuple(data_classes) == SENTIMENTS and all(g is not None for g in groups):
+        positive = probs[:, [i for i, g in enumerate(groups) if g == "positive"]].sum(1)
+        return np.stack([1 - positive, positive], axis=1), "emotions mapped to 2-class sentiment"
+    raise UniEmoError(
+        f"the model's classes ({', '.join(model_classes)}) do not cover the dataset's ({', '.join(data_classes)}); "
+        "cross-dataset evaluation needs the same label names (or a 2-class positive/negative dataset)"
+    )
+
+
+def evaluate_understanding(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "test",
+    data_format: str = "auto",
+    fold: int = 0,
+    out_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Top-1, per-class and 2-class accuracy and the confusion matrix of a checkpoint on a dataset split.
+
+    Writes ``report.json`` and ``confusion.png`` to ``out_dir`` (default: ``eval-<dataset>-<split>`` beside the model).
+    """
+    clf = EmotionClassifier.from_pretrained(checkpoint)
+    dataset = open_dataset(data, data_format, fold)
+    samples = dataset.split(split)
+    eval_set = EmotionImageDataset(samples, clf.transform, on_bad_image="skip")
+    probs, labels, _, skipped = predict_dataset(clf.model, eval_set, batch_size=batch_size, progress=progress)
+    if len(labels) == 0:
+        raise UniEmoError(f"no readable image in split '{split}' of {dataset.root} ({len(skipped)} skipped)")
+    mapped, mode = map_probabilities(probs, clf.classes, list(dataset.classes))
+    report = classification_report(mapped.argmax(1), labels, list(dataset.classes))
+    out = Path(out_dir) if out_dir else resolve_checkpoint(checkpoint).parent / f"eval-{dataset.root.name}-{split}"
+    png = save_confusion_matrix(
+        report, out / "confusion.png", f"{dataset.root.name} [{split}]: {report.accuracy:.1%} (N={report.num_samples})"
+    )
+    result = {
+        "dataset": str(dataset.root),
+        "format": dataset.format,
+        "split": split,
+        "mode": mode,
+        **report.to_dict(),
+        "skipped": skipped,
+        "confusion_png": str(png),
+    }
+    (out / "report.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,96 @@
+"""Understanding metrics (METHOD §7): top-1, per-class and 2-class accuracy, and the confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uniemo.constants import sentiment_of
+
+
+@dataclass
+class ClassificationReport:
+    """Accuracy figures of one evaluation.
+
+    Attributes:
+        num_samples: N, the images evaluated.
+        accuracy: top-1 accuracy in [0, 1].
+        per_class_accuracy: class name → accuracy (recall) of that class (NaN where the class has no image).
+        sentiment_accuracy: 2-class accuracy through the positive/negative mapping, or None when the classes
+            are not EmoSet's emotions.
+        confusion: (K, K) counts, rows true class, columns predicted class.
+        classes: class names in index order.
+    """
+
+    num_samples: int
+    accuracy: float
+    per_class_accuracy: dict[str, float]
+    sentiment_accuracy: float | None
+    confusion: list[list[int]]
+    classes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def classification_report(predictions: np.ndarray, labels: np.ndarray, classes: list[str]) -> ClassificationReport:
+    """Computes a :class:`ClassificationReport` from predicted and true class indices (both (N,))."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    totals = confusion.sum(axis=1)
+    per_class = {c: float(confusion[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
+    sentiments = [sentiment_of(c) for c in classes]
+    sentiment_acc = None
+    if all(s is not None for s in sentiments) and len(labels):
+        sent = np.array([s == "positive" for s in sentiments])
+        sentiment_acc = float(np.mean(sent[labels] == sent[predictions]))
+    return ClassificationReport(
+        num_samples=int(len(labels)),
+        accuracy=float(np.mean(predictions == labels)) if len(labels) else float("nan"),
+        per_class_accuracy=per_class,
+        sentiment_accuracy=sentiment_acc,
+        confusion=confusion.tolist(),
+        classes=list(classes),
+    )
+
+
+def save_confusion_matrix(report: ClassificationReport, path: str | Path, title: str = "") -> Path:
+    """Draws the row-normalised confusion matrix with counts as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(report.confusion, dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    k = len(report.classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), report.classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), report.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_title(title or f"accuracy {report.accuracy:.1%} (N={report.num_samples})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

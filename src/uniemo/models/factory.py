@@ -1,0 +1,177 @@
+"""Where CLIP towers come from: a hub id, a local directory, or a named architecture with random weights.
+
+Named architectures are small JSON files in ``model_configs/`` (``list_architectures()``), in the manner of
+open_clip's model configs. They build the real transformers classes (``CLIPVisionModel``,
+``CLIPTextModelWithProjection``) at any size, so the demo and the tests run the same code as a real
+checkpoint. Their tokenizer is CLIP's real BPE tokenizer, built from the vocabulary shipped in
+``uniemo/assets`` (a hub tokenizer cannot be fetched offline, and transformers then silently returns a
+2-token one: :func:`check_tokenizer` refuses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uniemo.constants import CLIP_VOCAB_SIZE
+from uniemo.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_PACKAGE = "uniemo.models.model_configs"
+_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+#: Token ids of CLIP's BPE vocabulary that a tiny text config must name (the default 2 breaks EOS pooling).
+_CLIP_SPECIAL_IDS = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+
+
+def list_architectures() -> list[str]:
+    """Names of the built-in CLIP architectures (random init), e.g. ``tiny-clip``."""
+    files = resources.files(_CONFIG_PACKAGE).iterdir()
+    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
+
+
+def is_architecture_name(spec: str) -> bool:
+    """Whether ``spec`` names a built-in architecture rather than a checkpoint."""
+    return spec in list_architectures()
+
+
+def architecture_config(name: str) -> Any:
+    """The ``transformers.CLIPConfig`` of a named architecture.
+
+    Raises:
+        CheckpointError: ``name`` is not a built-in architecture.
+    """
+    from transformers import CLIPConfig
+
+    if not is_architecture_name(name):
+        raise CheckpointError(f"unknown architecture '{name}'; built-in ones: {', '.join(list_architectures())}")
+    spec = json.loads(resources.files(_CONFIG_PACKAGE).joinpath(f"{name}.json").read_text())
+    dim = spec["projection_dim"]  # each tower's config carries it too: the *WithProjection models read it there
+    text = {"vocab_size": CLIP_VOCAB_SIZE, **_CLIP_SPECIAL_IDS, **spec["text_config"], "projection_dim": dim}
+    vision = {**spec["vision_config"], "projection_dim": dim}
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=dim)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _from_pretrained(cls: Any, spec: str, what: str, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(spec, **kwargs)
+    except (OSError, ValueError) as err:
+        where = "local directory" if Path(spec).exists() else "hub id"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"cannot load the {what} from {where} '{spec}': {first}. Give a local directory holding a CLIP "
+            f"checkpoint (config.json and weights), a hub id that is in the local Hugging Face cache, or one of "
+            f"the built-in architectures: {', '.join(list_architectures())}"
+        ) from None
+
+
+def load_clip_vision(spec: str, seed: int = 0) -> Any:
+    """A ``transformers.CLIPVisionModel`` from a hub id, a local directory or a named architecture.
+
+    Args:
+        spec: ``openai/clip-vit-base-patch32``, ``/path/to/clip`` or e.g. ``tiny-clip`` (random init).
+        seed: seeds the random initialisation of a named architecture.
+    """
+    from transformers import CLIPVisionModel
+
+    if is_architecture_name(spec):
+        with _seeded(seed):
+            return CLIPVisionModel(architecture_config(spec).vision_config)
+    return _from_pretrained(CLIPVisionModel, spec, "CLIP vision tower")
+
+
+def load_clip_text(spec: str, seed: int = 0) -> tuple[Any, Any]:
+    """A frozen-ready ``CLIPTextModelWithProjection`` and its ``CLIPTokenizer``.
+
+    Args:
+        spec: a hub id, a local directory or a named architecture (random init, CLIP's real BPE tokenizer).
+        seed: seeds the random initialisation of a named architecture.
+    """
+    from transformers import CLIPTextModelWithProjection
+
+    if is_architecture_name(spec):
+        config = architecture_config(spec)
+        with _seeded(seed + 1):
+            model = CLIPTextModelWithProjection(config.text_config)
+        return model, clip_tokenizer()
+    from transformers import CLIPTokenizer
+
+    model = _from_pretrained(CLIPTextModelWithProjection, spec, "CLIP text tower")
+    tokenizer = _from_pretrained(CLIPTokenizer, spec, "CLIP tokenizer")
+    check_tokenizer(tokenizer, spec)
+    return model, tokenizer
+
+
+def check_tokenizer(tokenizer: Any, source: str) -> None:
+    """Refuses a tokenizer that is not CLIP's 49,408-token BPE (offline loads can silently give 2 tokens)."""
+    if len(tokenizer) < CLIP_VOCAB_SIZE:
+        raise CheckpointError(
+            f"the tokenizer loaded from '{source}' has {len(tokenizer)} tokens instead of CLIP's {CLIP_VOCAB_SIZE}: "
+            "its vocabulary files are missing (an offline hub id does this). Give a local directory that holds "
+            "the tokenizer files (vocab.json and merges.txt, or tokenizer.json)"
+        )
+
+
+def _bytes_to_unicode() -> list[str]:
+    """OpenAI CLIP's reversible byte → printable-character table, in its order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    raw = resources.files("uniemo.assets").joinpath(_BPE_FILE).read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    # OpenAI's construction: skip the header line, keep 49152 - 256 - 2 merges.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = _bytes_to_unicode()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def clip_tokenizer() -> Any:
+    """CLIP's BPE tokenizer (49,408 tokens, ids identical to OpenAI's), built from the shipped vocabulary."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab()
+    tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
+    check_tokenizer(tokenizer, "the shipped CLIP vocabulary")
+    return tokenizer
+
+
+@torch.no_grad()
+def encode_texts(text_model: Any, tokenizer: Any, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """(len(texts), d_t) L2-normalised CLIP text embeddings (the projected EOS token)."""
+    device = next(text_model.parameters()).device
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+        out = text_model(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+        chunks.append(torch.nn.functional.normalize(out.text_embeds.float(), dim=-1).cpu())
+    if not chunks:
+        return torch.zeros(0, text_model.config.projection_dim)
+    return torch.cat(chunks)

@@ -1,0 +1,197 @@
+"""The understanding model as a user meets it: load a checkpoint, classify images, get features.
+
+Example:
+    >>> from uniemo import EmotionClassifier
+    >>> clf = EmotionClassifier.from_pretrained("runs/demo/understanding")   # a run dir or a checkpoint dir
+    >>> pred = clf.predict(["photo.jpg"])[0]
+    >>> pred.label, round(pred.probability, 3), pred.sentiment
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from uniemo.checkpoint import load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.constants import sentiment_of
+from uniemo.data.datasets import EmotionImageDataset, collate
+from uniemo.data.images import load_image
+from uniemo.data.transforms import ClipTransform
+from uniemo.errors import CheckpointError
+from uniemo.models.understanding import ExpertQueryCLIP, UnderstandingOutput
+
+KIND = "understanding"
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        label: the most probable class name.
+        probability: its probability.
+        top: (name, probability) pairs, most probable first (``top_k`` of them).
+        sentiment: ``{"positive": p, "negative": 1 - p}`` summed over the emotions of 8-class models, else None.
+        source: the path the image came from, when it came from one.
+    """
+
+    label: str
+    probability: float
+    top: list[tuple[str, float]]
+    sentiment: dict[str, float] | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": self.source, "label": self.label, "probability": round(self.probability, 6)}
+        out["top"] = [{"emotion": n, "probability": round(p, 6)} for n, p in self.top]
+        if self.sentiment is not None:
+            out["sentiment"] = {k: round(v, 6) for k, v in self.sentiment.items()}
+        return out
+
+
+@dataclass
+class EmotionClassifier:
+    """An :class:`ExpertQueryCLIP` with its class names, attribute vocabularies and preprocessing.
+
+    Attributes:
+        model: the network (eval mode).
+        classes: class names in index order.
+        scene_vocab / object_vocab: the attribute names its queries were aligned to.
+        meta: the checkpoint's ``model.json``.
+    """
+
+    model: ExpertQueryCLIP
+    classes: list[str]
+    scene_vocab: list[str] = field(default_factory=list)
+    object_vocab: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.transform = ClipTransform(self.model.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> EmotionClassifier:
+        """Loads a checkpoint directory (or a run directory: its ``best/``).
+
+        Raises:
+            CheckpointError: missing files, another kind or architecture, or pickle weights.
+        """
+        directory = resolve_checkpoint(path)
+        meta = read_meta(directory, KIND)
+        try:
+            model = ExpertQueryCLIP.from_architecture(meta["architecture"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}/model.json does not describe a valid model ({err})") from None
+        load_weights(directory, model)
+        return cls(
+            model.to(device), list(meta["classes"]), meta.get("scene_vocab", []), meta.get("object_vocab", []), meta
+        )
+
+    def save_pretrained(self, directory: str | Path, config_yaml: str | None = None) -> None:
+        """Writes a checkpoint directory that :meth:`from_pretrained` reads."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(
+            directory,
+            self.model,
+            checkpoint_meta(self.model, self.classes, self.scene_vocab, self.object_vocab, self.meta.get("extra")),
+            config_yaml,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image | str | Path]) -> torch.Tensor:
+        """PIL images or paths → (B, 3, S, S) pixel values. Paths are read with :func:`load_image`."""
+        pils = [load_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
+        return torch.stack([self.transform(im) for im in pils]).to(self.device)
+
+    @torch.no_grad()
+    def features(self, images: list[Image.Image | str | Path], need_attention: bool = False) -> UnderstandingOutput:
+        """Logits, class token, scene/object features (and attention maps) of a batch of images."""
+        return self.model(self.preprocess(images), need_attention=need_attention)
+
+    def probabilities(self, images: list[Image.Image | str | Path], batch_size: int = 32) -> torch.Tensor:
+        """(N, K) class probabilities."""
+        chunks = [
+            self.features(images[i : i + batch_size]).logits.float().softmax(-1).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes))
+
+    def predict(self, images: list[Image.Image | str | Path], top_k: int | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per image (all classes when ``top_k`` is None)."""
+        probs = self.probabilities(images)
+        sources = [str(im) if isinstance(im, (str, Path)) else None for im in images]
+        return [self.to_prediction(p, top_k, s) for p, s in zip(probs, sources)]
+
+    def to_prediction(self, probs: torch.Tensor, top_k: int | None = None, source: str | None = None) -> Prediction:
+        """A :class:`Prediction` from one (K,) probability vector."""
+        k = len(self.classes) if top_k is None else max(1, min(top_k, len(self.classes)))
+        values, indices = probs.topk(k)
+        top = [(self.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+        sentiment = None
+        groups = [sentiment_of(c) for c in self.classes]
+        if len(self.classes) == 8 and all(g is not None for g in groups):
+            positive = float(sum(float(p) for p, g in zip(probs, groups) if g == "positive"))
+            sentiment = {"positive": positive, "negative": 1.0 - positive}
+        return Prediction(top[0][0], top[0][1], top, sentiment, source)
+
+
+def checkpoint_meta(
+    model: ExpertQueryCLIP,
+    classes: list[str],
+    scene_vocab: list[str],
+    object_vocab: list[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``model.json`` of an understanding checkpoint."""
+    return {
+        "kind": KIND,
+        "architecture": model.architecture(),
+        "classes": list(classes),
+        "scene_vocab": list(scene_vocab),
+        "object_vocab": list(object_vocab),
+        "extra": extra or {},
+    }
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: ExpertQueryCLIP,
+    dataset: EmotionImageDataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "evaluating",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Runs ``model`` over a dataset: (probabilities (N, K), labels (N,), sample indices (N,), skipped messages)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, shuffle=False
+    )
+    probs, labels, indices, bad = [], [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        bad.extend(batch["bad"])
+        if "pixel_values" not in batch:
+            continue
+        logits = model(batch["pixel_values"].to(device)).logits.float()
+        probs.append(logits.softmax(-1).cpu().numpy())
+        labels.append(batch["label"].numpy())
+        indices.append(batch["index"].numpy())
+    model.train(was_training)
+    k = model.num_classes
+    if not probs:
+        return np.zeros((0, k), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), bad
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices), bad

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small built-in dataset and a briefly trained micro checkpoint (session-scoped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from uniemo.data.synth import SynthConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data") / "synth"
+    return write_synthetic_dataset(root, SynthConfig(train=320, val=64, test=96, resolution=32, seed=1))
+
+
+def micro_overrides(data: Path, out: Path, steps: int = 12) -> list[str]:
+    return [
+        f"data.root={data}",
+        f"output_dir={out}",
+        "model.backbone=micro-clip",
+        "model.num_scene_queries=4",
+        "model.num_object_queries=4",
+        "optim.batch_size=32",
+        f"optim.max_steps={steps}",
+        "eval_every=6",
+        "log_every=3",
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_dir, tmp_path_factory) -> Path:
+    from uniemo.config import load_config
+    from uniemo.train.understanding import train_understanding
+
+    out = tmp_path_factory.mktemp("runs") / "micro"
+    train_understanding(load_config(REPO / "configs" / "tiny.yaml", micro_overrides(synth_dir, out)), progress=False)
+    return out

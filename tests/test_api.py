@@ -1,0 +1,39 @@
+"""The README's Python example, run as written (paths resolved against a trained test run)."""
+
+import re
+
+import torch
+
+from tests.conftest import REPO
+from uniemo import EmotionClassifier
+
+
+def test_readme_python_example_runs(trained_run, synth_dir, tmp_path, monkeypatch, capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    demo = tmp_path / "demo-output"
+    demo.mkdir()
+    (demo / "understanding").symlink_to(trained_run)
+    (demo / "data").symlink_to(synth_dir)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[0] in EmotionClassifier.from_pretrained(trained_run).classes
+    assert printed[1].startswith("torch.Size([1, 32])")
+
+
+def test_predictions_agree_with_the_model_and_sentiment_sums(trained_run, synth_dir):
+    clf = EmotionClassifier.from_pretrained(trained_run)
+    paths = sorted((synth_dir / "image" / "awe").glob("*.jpg"))[:3]
+    preds = clf.predict(paths)
+    probs = clf.probabilities(paths)
+    for pred, p in zip(preds, probs):
+        assert pred.label == clf.classes[int(p.argmax())]
+        assert abs(pred.probability - float(p.max())) < 1e-6
+        positive = float(p[:4].sum())  # EmoSet order: the first four emotions are positive
+        assert abs(pred.sentiment["positive"] - positive) < 1e-5
+    from PIL import Image
+
+    with Image.open(paths[0]) as im:  # a PIL image gives the same result as its path
+        torch.testing.assert_close(clf.probabilities([im.convert("RGB")]), probs[:1])

@@ -1,0 +1,120 @@
+"""The CLI as a user runs it: a real subprocess, real files, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def uniemo(*args, cwd=None, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "uniemo", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result, message):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_synth_command(tmp_path):
+    r = uniemo("synth", tmp_path / "d", "--train", 16, "--val", 4, "--test", 4, "--resolution", 24)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((tmp_path / "d" / "train.json").read_text())) == 16
+    assert_one_line_error(uniemo("synth", tmp_path / "d"), "not empty")
+
+
+def test_classify_folder_json_and_text(trained_run, synth_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("awe_00001.jpg", "fear_00001.jpg"):
+        (folder / name).write_bytes((synth_dir / "image" / name.split("_")[0] / name).read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not really a jpeg")
+    r = uniemo("classify", "--checkpoint", trained_run, folder, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and {os.path.basename(x["image"]) for x in rows} == {"awe_00001.jpg", "fear_00001.jpg"}
+    for row in rows:
+        assert len(row["top"]) == 8
+        assert abs(sum(t["probability"] for t in row["top"]) - 1) < 1e-4
+        assert abs(sum(row["sentiment"].values()) - 1) < 1e-4
+        assert row["label"] == row["top"][0]["emotion"]
+    assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    r = uniemo("classify", "--checkpoint", trained_run, folder / "awe_00001.jpg", "--top-k", 2)
+    assert r.returncode == 0 and r.stdout.count("\n") == 1 and "awe_00001.jpg:" in r.stdout
+    assert_one_line_error(uniemo("classify", "--checkpoint", trained_run, folder / "broken.jpg"), "could be read")
+
+
+def test_evaluate_json_and_cross_dataset(trained_run, synth_dir, tmp_path):
+    r = uniemo(
+        "evaluate",
+        "understanding",
+        "--checkpoint",
+        trained_run,
+        "--data",
+        synth_dir,
+        "--json",
+        "--out",
+        tmp_path / "ev",
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["num_samples"] == 96 and 0 <= report["accuracy"] <= 1
+    assert set(report["per_class_accuracy"]) == set(report["classes"]) and len(report["confusion"]) == 8
+    assert sum(map(sum, report["confusion"])) == 96
+    assert (tmp_path / "ev" / "confusion.png").is_file() and (tmp_path / "ev" / "report.json").is_file()
+    # A Twitter-style 2-class folder: the 8-class model is evaluated through the sentiment mapping.
+    tw = tmp_path / "tw"
+    for cls, emotion in (("positive", "awe"), ("negative", "fear")):
+        (tw / cls).mkdir(parents=True)
+        for i in range(5):
+            src = synth_dir / "image" / emotion / f"{emotion}_{i + 1:05d}.jpg"
+            (tw / cls / f"{i}.jpg").write_bytes(src.read_bytes())
+    r = uniemo("evaluate", "understanding", "--checkpoint", trained_run, "--data", tw, "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mode"] == "emotions mapped to 2-class sentiment"
+
+
+def test_user_errors_are_one_line(trained_run, synth_dir, tmp_path):
+    assert_one_line_error(
+        uniemo("train", "understanding", "--config", "tiny", "optim.lrr=1"), "unknown config key 'optim.lrr'"
+    )
+    assert_one_line_error(
+        uniemo("train", "understanding", "--config", "tiny", f"output_dir={tmp_path}"), "data.root is required"
+    )
+    assert_one_line_error(uniemo("train", "understanding", "--config", "nope"), "config not found")
+    assert_one_line_error(uniemo("classify", "--checkpoint", tmp_path / "none", synth_dir), "checkpoint not found")
+    assert_one_line_error(
+        uniemo("evaluate", "understanding", "--checkpoint", trained_run, "--data", tmp_path), "no class folders"
+    )
+    assert_one_line_error(
+        uniemo("evaluate", "understanding", "--checkpoint", trained_run, "--data", synth_dir, "--split", "holdout"),
+        "no split 'holdout'",
+    )
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    assert_one_line_error(
+        uniemo("classify", "--checkpoint", trained_run / "best" / "model.safetensors", tmp_path / "x.png"), "is a file"
+    )
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end(tmp_path):
+    r = uniemo("demo", "--fast", "--out", tmp_path / "demo", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "demo" / "evaluation" / "report.json").read_text())
+    assert f"test accuracy {report['accuracy']:.2%}" in r.stdout  # the printed number is the stage's own
+    assert report["accuracy"] > 0.25, "the demo model should clearly beat chance (12.5 %)"
+    assert (tmp_path / "demo" / "evaluation" / "confusion.png").is_file()
+    again = uniemo("demo", "--fast", "--out", tmp_path / "demo")
+    assert again.returncode == 0 and again.stderr.count("reused") == 3

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from uniemo.config import UnderstandingRunConfig, load_config, parse_overrides, save_config
+from uniemo.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_paper_and_tiny_configs():
+    names = {p.stem for p in CONFIGS}
+    assert {"tiny", "emoset-vitb32", "emoset-vitb16", "emoset-vitl14", "fi-vitb32", "fi-vitl14"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, UnderstandingRunConfig)
+    assert cfg.data.root == "", "configs must not carry default data paths"
+    if path.stem.startswith(("emoset", "fi")):
+        assert cfg.model.backbone.startswith("openai/clip-vit-")
+        assert cfg.optim.lr == 1e-4 and cfg.optim.batch_size == 128 and cfg.optim.weight_decay == 1e-3
+
+
+def test_paper_loss_weights_are_the_defaults():
+    cfg = load_config(None)
+    assert (cfg.loss.scene_weight, cfg.loss.object_weight, cfg.loss.ce_weight) == (0.25, 0.25, 0.5)
+    assert cfg.model.temperature == 0.07 and cfg.model.beta_init == 0.1
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    cfg = load_config(None, ["optim.lr=3e-4", "model.query_mode=none", "optim.betas=[0.8,0.99]", "data.fold=2"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.query_mode == "none"
+    assert cfg.optim.betas == (0.8, 0.99)
+    assert cfg.data.fold == 2
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+        ("model.query_mode=both", "model.query_mode"),
+        ("optim.batch_size=big", "optim.batch_size"),
+        ("optim.batch_size=1.5", "optim.batch_size"),
+        ("data.augment=3", "data.augment"),
+        ("nonsense", "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_parse_overrides_keeps_strings():
+    assert parse_overrides(["model.backbone=openai/clip-vit-base-patch32"]) == {
+        "model": {"backbone": "openai/clip-vit-base-patch32"}
+    }

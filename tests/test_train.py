@@ -1,0 +1,92 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, micro_overrides
+from uniemo.config import load_config
+from uniemo.errors import ConfigError
+from uniemo.train import understanding as stage1
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def test_run_directory_contents(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= {"best", "last", "logs", "metrics.jsonl", "summary.json"}
+    assert list((trained_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard log"
+    evals = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [6, 12]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    best = json.loads((trained_run / "best" / "model.json").read_text())
+    assert best["val_accuracy"] == summary["best_val_accuracy"] == max(e["val_accuracy"] for e in evals)
+    assert best["scene_vocab"] and best["object_vocab"]
+    assert load_config(trained_run / "best" / "config.yaml").model.backbone == "micro-clip"
+
+
+def test_resume_after_interruption_is_bit_exact(synth_dir, tmp_path, monkeypatch):
+    """A run stopped at step 6 (mid-epoch) and resumed ends with exactly the weights of an uninterrupted run."""
+    snapshot = tmp_path / "snapshot"
+    real_save = stage1.save_training_state
+
+    def save_and_snapshot(directory, optimizer, scheduler, counters):
+        real_save(directory, optimizer, scheduler, counters)
+        if counters["step"] == 6 and not snapshot.exists():
+            shutil.copytree(directory, snapshot)  # the state a killed run leaves behind (written atomically)
+
+    monkeypatch.setattr(stage1, "save_training_state", save_and_snapshot)
+    full = tmp_path / "full"
+    stage1.train_understanding(load_config(TINY, micro_overrides(synth_dir, full) + ["save_every=6"]), progress=False)
+
+    resumed = tmp_path / "resumed"
+    (resumed / "last").parent.mkdir()
+    shutil.copytree(snapshot, resumed / "last")
+    cfg = load_config(TINY, micro_overrides(synth_dir, resumed) + ["save_every=6"])
+    stage1.train_understanding(cfg, resume=True, progress=False)
+    a = load_file(str(full / "last" / "model.safetensors"))
+    b = load_file(str(resumed / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_existing_run_and_resume_mismatch_are_refused(trained_run, synth_dir):
+    with pytest.raises(ConfigError, match="already holds a run"):
+        stage1.train_understanding(load_config(TINY, micro_overrides(synth_dir, trained_run)), progress=False)
+    with pytest.raises(ConfigError, match="cannot resume: 'optim.lr'"):
+        cfg = load_config(TINY, micro_overrides(synth_dir, trained_run) + ["optim.lr=0.5"])
+        stage1.train_understanding(cfg, resume=True, progress=False)
+
+
+def test_missing_required_fields(tmp_path):
+    with pytest.raises(ConfigError, match="data.root is required"):
+        stage1.train_understanding(load_config(TINY, [f"output_dir={tmp_path}"]), progress=False)
+    with pytest.raises(ConfigError, match="output_dir is required"):
+        stage1.train_understanding(load_config(TINY, ["data.root=/x"]), progress=False)
+
+
+def test_non_finite_loss_stops_with_a_message(synth_dir, tmp_path):
+    cfg = load_config(TINY, micro_overrides(synth_dir, tmp_path / "nan") + ["loss.ce_weight=.nan"])
+    with pytest.raises(stage1.TrainingError, match="loss became nan at step 0"):
+        stage1.train_understanding(cfg, progress=False)
+
+
+def test_batch_larger_than_dataset_is_refused(synth_dir, tmp_path):
+    cfg = load_config(TINY, micro_overrides(synth_dir, tmp_path / "big") + ["data.max_train_samples=10"])
+    with pytest.raises(ConfigError, match="smaller than one batch"):
+        stage1.train_understanding(cfg, progress=False)
+
+
+def test_param_groups_follow_the_method():
+    cfg = load_config(None, ["model.backbone=micro-clip", "optim.lr=1e-3", "optim.backbone_lr_scale=0.1"])
+    model = stage1.build_model(cfg, 8, 16, (2, 2))
+    groups = stage1._param_groups(model, cfg)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert by_id[id(model.scene_queries)]["weight_decay"] == 0 and by_id[id(model.scene_queries)]["lr"] == 1e-3
+    assert by_id[id(model.scene_beta)]["weight_decay"] == 0
+    assert by_id[id(model.head.weight)]["weight_decay"] == cfg.optim.weight_decay
+    patch = model.vision.embeddings.patch_embedding.weight
+    assert by_id[id(patch)]["lr"] == pytest.approx(1e-4) and by_id[id(patch)]["weight_decay"] > 0
+    assert by_id[id(model.vision.post_layernorm.weight)]["weight_decay"] == 0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
