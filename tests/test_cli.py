@@ -114,7 +114,8 @@ def test_demo_fast_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "demo" / "evaluation" / "report.json").read_text())
     assert f"test accuracy {report['accuracy']:.2%}" in r.stdout  # the printed number is the stage's own
-    assert report["accuracy"] > 0.25, "the demo model should clearly beat chance (12.5 %)"
+    # Clearly above chance: 12.5 % ± 1.7 % (one binomial σ at N = 400) for 8 classes, 50 % for 2.
+    assert report["accuracy"] > 0.2 and report["sentiment_accuracy"] > 0.75, report
     assert (tmp_path / "demo" / "evaluation" / "confusion.png").is_file()
     again = uniemo("demo", "--fast", "--out", tmp_path / "demo")
     assert again.returncode == 0 and again.stderr.count("reused") == 3

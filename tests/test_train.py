@@ -90,3 +90,31 @@ def test_param_groups_follow_the_method():
     assert by_id[id(patch)]["lr"] == pytest.approx(1e-4) and by_id[id(patch)]["weight_decay"] > 0
     assert by_id[id(model.vision.post_layernorm.weight)]["weight_decay"] == 0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_backbone_from_a_local_clip_directory_and_mode_none(synth_dir, tmp_path):
+    """The real path: a CLIP checkpoint directory (as `save_pretrained` / the hub lay it out) as backbone."""
+    from transformers import CLIPModel
+
+    from uniemo.models.factory import architecture_config, clip_tokenizer
+    from uniemo.pipelines.classifier import EmotionClassifier
+
+    clip_dir = tmp_path / "my-clip"
+    CLIPModel(architecture_config("micro-clip")).save_pretrained(clip_dir)
+    clip_tokenizer().save_pretrained(clip_dir)
+    for mode in ("multi_stage", "none"):
+        out = tmp_path / mode
+        overrides = micro_overrides(synth_dir, out, steps=2) + [
+            f"model.backbone={clip_dir}",
+            f"model.query_mode={mode}",
+        ]
+        summary = stage1.train_understanding(load_config(TINY, overrides), progress=False)
+        assert summary.steps == 2
+        clf = EmotionClassifier.from_pretrained(out)
+        assert clf.model.query_mode == mode and len(clf.classes) == 8
+        assert bool(clf.scene_vocab) == (mode != "none")
+        reference = CLIPModel.from_pretrained(clip_dir).vision_model
+        if mode == "none":  # trained, so the weights moved away from the checkpoint's
+            assert not torch.equal(
+                clf.model.vision.embeddings.patch_embedding.weight, reference.embeddings.patch_embedding.weight
+            )

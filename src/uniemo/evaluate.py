@@ -47,6 +47,7 @@ def evaluate_understanding(
     fold: int = 0,
     out_dir: str | Path | None = None,
     batch_size: int = 64,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Top-1, per-class and 2-class accuracy and the confusion matrix of a checkpoint on a dataset split.
@@ -57,7 +58,9 @@ def evaluate_understanding(
     dataset = open_dataset(data, data_format, fold)
     samples = dataset.split(split)
     eval_set = EmotionImageDataset(samples, clf.transform, on_bad_image="skip")
-    probs, labels, _, skipped = predict_dataset(clf.model, eval_set, batch_size=batch_size, progress=progress)
+    probs, labels, _, skipped = predict_dataset(
+        clf.model, eval_set, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
     if len(labels) == 0:
         raise UniEmoError(f"no readable image in split '{split}' of {dataset.root} ({len(skipped)} skipped)")
     mapped, mode = map_probabilities(probs, clf.classes, list(dataset.classes))

@@ -30,14 +30,3 @@ def attribute_infonce(
     names, target = torch.unique(ids, return_inverse=True)  # candidates (C,), target (B',)
     logits = embeds[valid] @ vocab_embeds[names].to(embeds.dtype).T / temperature  # (B', C)
     return F.cross_entropy(logits.float(), target)
-
-
-def pick_one_per_row(ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draws one valid entry per row of a -1-padded (B, M) id matrix (an image's object list); -1 where empty."""
-    valid = ids >= 0  # (B, M)
-    weights = valid.float()
-    has_any = valid.any(dim=1)
-    weights[~has_any, 0] = 1.0  # any column: the row is masked to -1 below
-    choice = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
-    picked = ids.gather(1, choice[:, None]).squeeze(1)
-    return torch.where(has_any, picked, torch.full_like(picked, -1))

@@ -144,6 +144,7 @@ def cmd_evaluate_understanding(args: argparse.Namespace) -> int:
         fold=args.fold,
         out_dir=args.out,
         batch_size=args.batch_size,
+        num_workers=args.workers,
     )
     if args.json:
         print(json.dumps(result))
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fold", type=int, default=0, help="cross-validation fold (Twitter)")
     e.add_argument("--out", default=None, help="where report.json and confusion.png go")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_understanding)
 
