@@ -228,7 +228,7 @@ def _samples_from_class_dirs(folder: Path, classes: tuple[str, ...]) -> list[Sam
     return [Sample(p, index[c]) for c in classes for p in _list_images(folder / c)]
 
 
-def _read_list(root: Path, list_file: Path, classes: tuple[str, ...], base: Path) -> list[Sample]:
+def _read_list(list_file: Path, classes: tuple[str, ...], base: Path) -> list[Sample]:
     """Reads a split list: one ``<class>/<file>`` path (relative to ``base``) a line, optional label after it."""
     index = {c: i for i, c in enumerate(classes)}
     samples = []
@@ -263,7 +263,7 @@ def read_folder(root: Path, format: str = "folder", fold: int = 0) -> EmotionDat
         raise DataError(f"{root} holds no class folders (<class>/*.jpg); is it the dataset's root directory?")
     lists = {s: root / f"{s}.txt" for s in ("train", "val", "test") if (root / f"{s}.txt").is_file()}
     if "train" in lists:
-        splits = {s: _read_list(root, path, classes, root) for s, path in lists.items()}
+        splits = {s: _read_list(path, classes, root) for s, path in lists.items()}
         if "val" not in splits:
             splits["train"], splits["val"] = _random_split(splits["train"], (0.9, 0.1))
             notes.append("no val.txt: val is a fixed random 10 % of train")
@@ -291,8 +291,8 @@ def read_emotionroi(root: Path) -> EmotionDataset:
     images = root / "images"
     classes = class_order(_class_dirs(images))
     split_dir = root / "training_testing_split"
-    train = _read_list(root, split_dir / "training.txt", classes, images)
-    test = _read_list(root, split_dir / "testing.txt", classes, images)
+    train = _read_list(split_dir / "training.txt", classes, images)
+    test = _read_list(split_dir / "testing.txt", classes, images)
     train, val = _random_split(train, (0.9, 0.1))
     notes = ["val is a fixed random 10 % of training.txt"]
     return EmotionDataset(root, "emotionroi", classes, {"train": train, "val": val, "test": test}, notes)

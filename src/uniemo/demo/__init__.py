@@ -16,7 +16,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: Stage settings: the full demo (about 7 minutes on 2 CPU cores) and ``--fast`` (about 2.5 minutes).
+#: Stage settings: the full demo (about 6 minutes on 2 CPU cores) and ``--fast`` (about 2.5 minutes).
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {"synth": {"train": 4000, "val": 500, "test": 1000}, "steps": 600, "eval_every": 100},
     "fast": {"synth": {"train": 1600, "val": 200, "test": 400}, "steps": 200, "eval_every": 50},

@@ -65,7 +65,7 @@ class TrainSummary:
         best_step: the optimiser step it was reached at.
         steps: optimiser steps run in total.
         seconds: wall time of this invocation's training loop.
-        seconds_per_step: median-free mean of this invocation's steps (including data loading).
+        seconds_per_step: mean wall time per step of this invocation (data loading and evaluation included).
         skipped_images: unreadable images skipped in training.
         output_dir: the run directory.
     """
@@ -383,9 +383,12 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                                 loss = loss + w * term
                                 parts[f"loss/{which}"] = term.detach()
                     if not torch.isfinite(loss):
+                        kept = (
+                            f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
+                        )
                         raise TrainingError(
-                            f"the loss became {loss.item()} at step {counters['step']}; the last good checkpoint is "
-                            f"in {last_dir}. Lower optim.lr or use mixed_precision=no"
+                            f"the loss became {loss.item()} at step {counters['step']} ({kept}); "
+                            "lower optim.lr or use mixed_precision=no"
                         )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
