@@ -37,3 +37,19 @@ def test_predictions_agree_with_the_model_and_sentiment_sums(trained_run, synth_
 
     with Image.open(paths[0]) as im:  # a PIL image gives the same result as its path
         torch.testing.assert_close(clf.probabilities([im.convert("RGB")]), probs[:1])
+
+
+def test_predict_files_keeps_order_and_reports_bad_files(trained_run, synth_dir, tmp_path):
+    clf = EmotionClassifier.from_pretrained(trained_run)
+    good = sorted((synth_dir / "image" / "fear").glob("*.jpg"))[:5]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    paths = [*good[:2], bad, *good[2:]]
+    expected = clf.predict(good)
+    for workers in (0, 1):
+        results = list(clf.predict_files(paths, batch_size=2, num_workers=workers))
+        assert [r[0] for r in results] == paths
+        assert results[2][1] is None and "bad.jpg" in results[2][2]
+        got = [r[1] for r in results if r[1] is not None]
+        assert [g.label for g in got] == [e.label for e in expected]
+        assert all(abs(g.probability - e.probability) < 1e-6 for g, e in zip(got, expected))

@@ -90,44 +90,34 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
-    from uniemo.data.images import load_image
     from uniemo.pipelines.classifier import EmotionClassifier
 
     if args.top_k is not None and args.top_k < 1:
         raise UniEmoError("--top-k must be at least 1")
     clf = EmotionClassifier.from_pretrained(args.checkpoint)
     paths = _collect_images(args.inputs)
+    top_k = args.top_k if args.top_k else (None if args.json else 3)
+    workers = args.workers
+    if workers is None:  # leave two cores to torch's threads; decoding workers only where cores are left over
+        workers = max(0, min(4, (os.cpu_count() or 2) - 2))
+    if len(paths) <= args.batch_size:
+        workers = 0  # starting a process costs more than decoding a few images
     failed = 0
-    bar = tqdm(total=len(paths), desc="classifying", disable=len(paths) <= args.batch_size, file=sys.stderr)
-    for start in range(0, len(paths), args.batch_size):
-        chunk, pixels = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                pixels.append(clf.transform(load_image(path)))
-                chunk.append(path)
-            except UniEmoError as err:
-                failed += 1
-                print(f"warning: skipped: {err}", file=sys.stderr)
-        bar.update(len(paths[start : start + args.batch_size]))
-        if not chunk:
-            continue
-        with torch.no_grad():
-            probs = clf.model(torch.stack(pixels).to(clf.device)).logits.float().softmax(-1).cpu()
-        for path, p in zip(chunk, probs):
-            pred = clf.to_prediction(p, args.top_k if args.top_k else (None if args.json else 3), str(path))
-            if args.json:
-                print(json.dumps(pred.to_dict()), flush=True)
-            else:
-                others = ", ".join(f"{n} {v:.2f}" for n, v in pred.top[1:])
-                line = f"{path}: {pred.label} {pred.probability:.2f}" + (f" ({others})" if others else "")
-                if pred.sentiment:
-                    mood = max(pred.sentiment, key=pred.sentiment.get)
-                    line += f" · {mood} {pred.sentiment[mood]:.2f}"
-                bar.write(line, file=sys.stdout)
-    bar.close()
+    for path, pred, error in clf.predict_files(paths, top_k, args.batch_size, workers, progress=len(paths) > 1):
+        if pred is None:
+            failed += 1
+            tqdm.write(f"warning: skipped: {error}", file=sys.stderr)
+        elif args.json:
+            tqdm.write(json.dumps(pred.to_dict()), file=sys.stdout)
+        else:
+            others = ", ".join(f"{n} {v:.2f}" for n, v in pred.top[1:])
+            line = f"{path}: {pred.label} {pred.probability:.2f}" + (f" ({others})" if others else "")
+            if pred.sentiment:
+                mood = max(pred.sentiment, key=pred.sentiment.get)
+                line += f" · {mood} {pred.sentiment[mood]:.2f}"
+            tqdm.write(line, file=sys.stdout)
     if failed == len(paths):
         raise UniEmoError(f"none of the {len(paths)} input(s) could be read as an image")
     return 0
@@ -206,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="emotions to list per image (default 3; all with --json)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--workers", type=int, default=None, help="image-decoding processes (default: CPU cores beyond two, at most 4)"
+    )
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("evaluate", help="evaluate a model")

@@ -357,7 +357,8 @@ class EmotionImageDataset(torch.utils.data.Dataset):
     attribute vocabularies, -1 when missing; one object is drawn per image per epoch from its list) and
     ``index``. Randomness (augmentation, the object draw) comes from a generator seeded by (seed, epoch,
     index), so it does not depend on worker processes and is reproduced on resume. An unreadable image gives
-    ``{"bad": message}`` with ``on_bad_image="skip"`` (the collate function drops it and counts it), or raises.
+    ``{"bad": message, "index": index}`` with ``on_bad_image="skip"`` (:func:`collate` drops and counts it),
+    or raises.
     """
 
     def __init__(
@@ -386,11 +387,12 @@ class EmotionImageDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         try:
-            image = load_image(sample.path)
+            # Decode JPEGs at no less than twice the model's resolution: faster, and still downsampled after.
+            image = load_image(sample.path, draft_size=2 * self.transform.image_size)
         except DataError as err:
             if self.on_bad_image == "error":
                 raise
-            return {"bad": str(err)}
+            return {"bad": str(err), "index": index}
         objects = [self.object_index[o] for o in sample.objects if o in self.object_index]
         return {
             "pixel_values": self.transform(image, rng),

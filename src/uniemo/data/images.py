@@ -40,8 +40,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """Reads an image file as 8-bit RGB with its EXIF orientation applied (first frame of animations).
+
+    Args:
+        path: the image file.
+        draft_size: a JPEG is decoded directly at the smallest of 1/1, 1/2, 1/4, 1/8 scale whose sides stay
+            ≥ this many pixels (libjpeg's DCT scaling: several times faster for large photos). None decodes
+            at full size.
 
     Raises:
         DataError: the file is missing, empty, not an image, truncated, or larger than ``MAX_IMAGE_PIXELS``.
@@ -57,6 +63,8 @@ def load_image(path: str | Path) -> Image.Image:
                         f"{MAX_IMAGE_PIXELS:,}; downscale it first"
                     )
                 opened.seek(0)
+                if draft_size and opened.format == "JPEG":
+                    opened.draft("RGB", (draft_size, draft_size))
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
                 image = _to_rgb(image)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from uniemo.checkpoint import load_weights, read_meta, resolve_checkpoint, save_model
 from uniemo.constants import sentiment_of
-from uniemo.data.datasets import EmotionImageDataset, collate
+from uniemo.data.datasets import EmotionImageDataset, Sample, collate
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError
@@ -134,6 +135,37 @@ class EmotionClassifier:
         sources = [str(im) if isinstance(im, (str, Path)) else None for im in images]
         return [self.to_prediction(p, top_k, s) for p, s in zip(probs, sources)]
 
+    def predict_files(
+        self,
+        paths: list[str | Path],
+        top_k: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 1,
+        progress: bool = False,
+    ) -> Iterator[tuple[Path, Prediction | None, str | None]]:
+        """Classifies image files in batches, decoding in ``num_workers`` processes while the model runs.
+
+        Yields, in input order, ``(path, prediction, None)`` for each readable image and
+        ``(path, None, message)`` for each unreadable one (which is skipped, not raised).
+        """
+        paths = [Path(p) for p in paths]
+        dataset = EmotionImageDataset([Sample(p, -1) for p in paths], self.transform, on_bad_image="skip")
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_with_errors
+        )
+        bar = tqdm(total=len(paths), desc="classifying", disable=not progress, leave=False)
+        for batch in loader:
+            results: dict[int, tuple[Prediction | None, str | None]] = {i: (None, m) for i, m in batch["errors"]}
+            if "pixel_values" in batch:
+                with torch.no_grad():
+                    probs = self.model(batch["pixel_values"].to(self.device)).logits.float().softmax(-1).cpu()
+                for index, p in zip(batch["index"].tolist(), probs):
+                    results[index] = (self.to_prediction(p, top_k, str(paths[index])), None)
+            for index in sorted(results):
+                yield paths[index], *results[index]
+            bar.update(len(results))
+        bar.close()
+
     def to_prediction(self, probs: torch.Tensor, top_k: int | None = None, source: str | None = None) -> Prediction:
         """A :class:`Prediction` from one (K,) probability vector."""
         k = len(self.classes) if top_k is None else max(1, min(top_k, len(self.classes)))
@@ -195,3 +227,8 @@ def predict_dataset(
     if not probs:
         return np.zeros((0, k), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), bad
     return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices), bad
+
+
+def _collate_with_errors(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`collate`, keeping where each unreadable item was (``errors``: (index, message) pairs)."""
+    return {**collate(items), "errors": [(it["index"], it["bad"]) for it in items if "bad" in it]}
