@@ -65,6 +65,8 @@ def cmd_train_understanding(args: argparse.Namespace) -> int:
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     summary = train_understanding(cfg, resume=args.resume)
+    if not summary.main_process:
+        return 0
     print(
         f"stage 1 done: best val accuracy {summary.best_val_accuracy:.2%} at step {summary.best_step} "
         f"({summary.steps} steps, {summary.seconds_per_step * 1000:.0f} ms/step); model in {cfg.output_dir}/best"

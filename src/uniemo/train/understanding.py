@@ -68,6 +68,7 @@ class TrainSummary:
         seconds_per_step: mean wall time per step of this invocation (data loading and evaluation included).
         skipped_images: unreadable images skipped in training.
         output_dir: the run directory.
+        main_process: whether this process is the one that wrote the files (and should report).
     """
 
     best_val_accuracy: float
@@ -77,6 +78,7 @@ class TrainSummary:
     seconds_per_step: float
     skipped_images: int
     output_dir: str
+    main_process: bool = True
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -434,6 +436,11 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
         ) from None
     bar.close()
     elapsed = time.perf_counter() - start_time
+    if accelerator.num_processes > 1:  # selection happened on the main process: let every process report it
+        from accelerate.utils import broadcast_object_list
+
+        shared = broadcast_object_list([{k: counters[k] for k in ("best_val_accuracy", "best_step")}])[0]
+        counters.update(shared)
     accelerator.end_training()
     if counters["skipped_images"]:
         logger.warning("skipped %d unreadable training images (data.on_bad_image=skip)", counters["skipped_images"])
@@ -445,6 +452,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
         seconds_per_step=elapsed / max(1, counters["step"] - start_step),
         skipped_images=counters["skipped_images"],
         output_dir=str(out_dir),
+        main_process=is_main,
     )
     if is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))
