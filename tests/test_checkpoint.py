@@ -79,3 +79,17 @@ def test_atomic_directory_keeps_the_old_copy_on_failure(tmp_path):
             raise RuntimeError("killed mid-write")
     assert (target / "a.txt").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no temporary left behind
+
+
+def test_a_swap_killed_half_way_is_recovered(tmp_path):
+    from uniemo.checkpoint import recover_directory
+
+    target = tmp_path / "last"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("v1")
+    # The state a SIGKILL leaves between the two renames: the old copy aside, the new one still temporary.
+    (tmp_path / ".last.tmp-x").mkdir()
+    target.rename(tmp_path / ".last.old")
+    recover_directory(target)
+    assert (target / "a.txt").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]

@@ -313,3 +313,12 @@ def test_epoch_sampler_is_a_reproducible_permutation():
     assert second != first and sorted(second) == list(range(50))
     s.begin_epoch(1, skip=20)
     assert list(s) == second[20:] and len(s) == 30
+
+
+def test_decompression_bombs_are_refused_and_tiny_images_work(tmp_path):
+    Image.new("1", (10_000, 9_000)).save(tmp_path / "bomb.png")  # 90 M pixels in a few kB
+    with pytest.raises(DataError, match="over the limit"):
+        load_image(tmp_path / "bomb.png")
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(tmp_path / "dot.png")
+    pixels = ClipTransform(32)(load_image(tmp_path / "dot.png"))
+    assert pixels.shape == (3, 32, 32) and torch.isfinite(pixels).all()

@@ -58,6 +58,22 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_directory(path: str | Path) -> Path:
+    """Finishes an :func:`atomic_directory` swap that a killed process left half done, and removes its debris.
+
+    If the process died between moving the old copy aside and moving the new one in, the old copy is put back.
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+    for debris in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(debris, ignore_errors=True)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A model directory from a checkpoint path or a run directory (its ``best/``, else ``last/``).
 

@@ -24,6 +24,7 @@ from uniemo.checkpoint import (
     atomic_directory,
     load_training_state,
     load_weights,
+    recover_directory,
     save_model,
     save_training_state,
 )
@@ -171,7 +172,8 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     if not cfg.data.root:
         raise ConfigError("data.root is required: the dataset directory (e.g. data.root=/data/EmoSet-118K)")
     out_dir = Path(cfg.output_dir)
-    last_dir = out_dir / "last"
+    last_dir = recover_directory(out_dir / "last")
+    recover_directory(out_dir / "best")
     if resume and not (last_dir / "training_state.json").is_file():
         raise ConfigError(f"nothing to resume: {last_dir} has no training state (start without --resume)")
     if not resume and (last_dir.exists() or (out_dir / "best").exists()):
