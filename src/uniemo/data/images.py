@@ -57,11 +57,8 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                    raise DataError(
-                        f"image {path} has {opened.width}x{opened.height} pixels, over the limit of "
-                        f"{MAX_IMAGE_PIXELS:,}; downscale it first"
-                    )
+                if opened.width * opened.height > MAX_IMAGE_PIXELS:  # formats that Pillow's own guard misses
+                    raise Image.DecompressionBombError(f"{opened.width}x{opened.height}")
                 opened.seek(0)
                 if draft_size and opened.format == "JPEG":
                     opened.draft("RGB", (draft_size, draft_size))
@@ -74,7 +71,12 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         size = path.stat().st_size if path.exists() else 0
         what = "is empty (0 bytes)" if size == 0 else "is not an image Pillow can read"
         raise DataError(f"image {path} {what}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"image {path} has more pixels than the limit of {MAX_IMAGE_PIXELS:,} (a decompression-bomb guard); "
+            "downscale it first"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"image {path} cannot be decoded ({err}); it may be truncated or corrupt") from None
     if image.width < 1 or image.height < 1:
         raise DataError(f"image {path} has no pixels")
