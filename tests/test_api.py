@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 
 from tests.conftest import REPO
@@ -53,3 +54,22 @@ def test_predict_files_keeps_order_and_reports_bad_files(trained_run, synth_dir,
         got = [r[1] for r in results if r[1] is not None]
         assert [g.label for g in got] == [e.label for e in expected]
         assert all(abs(g.probability - e.probability) < 1e-6 for g, e in zip(got, expected))
+
+
+def test_attention_maps(trained_run, synth_dir):
+    import numpy as np
+
+    from uniemo.errors import UniEmoError
+    from uniemo.models.factory import load_clip_vision
+    from uniemo.models.understanding import ExpertQueryCLIP
+    from uniemo.visualize import attention_maps
+
+    clf = EmotionClassifier.from_pretrained(trained_run)
+    maps = attention_maps(clf, synth_dir / "image" / "awe" / "awe_00001.jpg")
+    grid = clf.model.image_size // clf.model.vision.config.patch_size
+    assert maps.scene.shape == maps.object.shape == (grid, grid)
+    assert np.isclose(maps.scene.sum(), 1, atol=1e-5) and np.isclose(maps.object.sum(), 1, atol=1e-5)
+    assert maps.image.size == (clf.model.image_size,) * 2
+    plain = EmotionClassifier(ExpertQueryCLIP(load_clip_vision("micro-clip"), 8, 16, query_mode="none"), clf.classes)
+    with pytest.raises(UniEmoError, match="no expert queries"):
+        attention_maps(plain, maps.image)

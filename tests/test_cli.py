@@ -86,6 +86,15 @@ def test_evaluate_json_and_cross_dataset(trained_run, synth_dir, tmp_path):
     assert json.loads(r.stdout)["mode"] == "emotions mapped to 2-class sentiment"
 
 
+def test_attention_command(trained_run, synth_dir, tmp_path):
+    image = synth_dir / "image" / "fear" / "fear_00001.jpg"
+    r = uniemo("attention", "--checkpoint", trained_run, image, "--out", tmp_path / "att.png")
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "att.png") as png:
+        assert png.width > 2 * png.height  # three panels side by side
+    assert "fear_00001.jpg:" in r.stdout and str(tmp_path / "att.png") in r.stdout
+
+
 def test_user_errors_are_one_line(trained_run, synth_dir, tmp_path):
     assert_one_line_error(
         uniemo("train", "understanding", "--config", "tiny", "optim.lrr=1"), "unknown config key 'optim.lrr'"

@@ -160,6 +160,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from uniemo.pipelines.classifier import EmotionClassifier
+    from uniemo.visualize import attention_maps, save_attention_figure
+
+    clf = EmotionClassifier.from_pretrained(args.checkpoint)
+    maps = attention_maps(clf, Path(args.image))
+    path = save_attention_figure(maps, args.out, title=Path(args.image).name)
+    print(f"{args.image}: {maps.prediction.label} {maps.prediction.probability:.2f}; attention maps in {path}")
+    return 0
+
+
 def cmd_architectures(args: argparse.Namespace) -> int:
     from uniemo.models.factory import list_architectures
 
@@ -222,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a short run (the tests use it)")
     p.add_argument("--force", action="store_true", help="redo finished stages")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("attention", help="where the scene and object queries look in an image (paper Fig. 9)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("architectures", help="list the built-in (random-init) CLIP architectures")
     p.set_defaults(func=cmd_architectures)

@@ -27,7 +27,8 @@ class ClipTransform:
         self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
 
-    def _eval_geometry(self, image: Image.Image) -> Image.Image:
+    def view(self, image: Image.Image) -> Image.Image:
+        """The S × S image the model sees at evaluation (before normalisation)."""
         s = self.image_size
         w, h = image.size
         scale = s / min(w, h)
@@ -56,7 +57,7 @@ class ClipTransform:
         if self.augment and rng is not None:
             image = self._train_geometry(image, rng)
         else:
-            image = self._eval_geometry(image)
+            image = self.view(image)
         array = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
         tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, S, S)
         return (tensor - self.mean) / self.std
