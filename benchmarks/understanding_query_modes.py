@@ -26,8 +26,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from uniemo.cli.main import resolve_config_path
-    from uniemo.config import load_config
+    from uniemo.config import load_config, resolve_config_path
     from uniemo.data.synth import SynthConfig, write_synthetic_dataset
     from uniemo.evaluate import evaluate_understanding
     from uniemo.train.understanding import train_understanding

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -260,6 +261,18 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
     return _build(cls, values)
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config path, or the name of a built-in config (``tiny``, ``emoset-vitb32``, …)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = resources.files("uniemo.configs").joinpath(f"{path.stem}.yaml")
+    if builtin.is_file():
+        return Path(str(builtin))
+    available = sorted(p.name[:-5] for p in resources.files("uniemo.configs").iterdir() if p.name.endswith(".yaml"))
+    raise ConfigError(f"config not found: {name} (built-in configs: {', '.join(available)})")
 
 
 def load_config(

@@ -12,9 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from uniemo.config import resolve_config_path
 from uniemo.errors import UniEmoError
-
-logger = logging.getLogger("uniemo")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -23,20 +22,6 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-def resolve_config_path(name: str) -> Path:
-    """A config path, or the name of a built-in config (``tiny``, ``emoset-vitb32``, …)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    from importlib import resources
-
-    builtin = resources.files("uniemo.configs").joinpath(f"{path.stem}.yaml")
-    if builtin.is_file():
-        return Path(str(builtin))
-    available = sorted(p.name[:-5] for p in resources.files("uniemo.configs").iterdir() if p.name.endswith(".yaml"))
-    raise UniEmoError(f"config not found: {name} (built-in configs: {', '.join(available)})")
 
 
 # --------------------------------------------------------------------------------------------------------------

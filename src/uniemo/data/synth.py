@@ -320,4 +320,4 @@ def _write(root: Path, cfg: SynthConfig) -> None:
         },
     }
     (root / "info.json").write_text(json.dumps(info, indent=1))
-    logger.info("wrote %s", {k: len(v) for k, v in splits.items()})
+    logger.debug("wrote %s", {k: len(v) for k, v in splits.items()})

@@ -48,8 +48,7 @@ class _Stages:
 
 def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, Any]:
     """Runs the demo into ``out`` and returns the evaluation result of the understanding model."""
-    from uniemo.cli.main import resolve_config_path
-    from uniemo.config import load_config
+    from uniemo.config import load_config, resolve_config_path
     from uniemo.data.synth import SynthConfig, write_synthetic_dataset
     from uniemo.evaluate import evaluate_understanding
     from uniemo.train.understanding import train_understanding
