@@ -11,6 +11,7 @@ from PIL import Image
 from uniemo.data.images import load_image
 from uniemo.errors import UniEmoError
 from uniemo.pipelines.classifier import EmotionClassifier, Prediction
+from uniemo.plotting import pyplot, save_figure
 
 
 @dataclass
@@ -50,10 +51,7 @@ def attention_maps(clf: EmotionClassifier, image: Image.Image | str | Path) -> A
 
 def save_attention_figure(maps: AttentionMaps, path: str | Path, title: str = "") -> Path:
     """Writes the image and both maps overlaid on it, side by side, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     size = maps.image.size[0]
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=120)
@@ -71,9 +69,4 @@ def save_attention_figure(maps: AttentionMaps, path: str | Path, title: str = ""
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

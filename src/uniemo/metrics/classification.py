@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from uniemo.constants import sentiment_of
+from uniemo.plotting import pyplot, save_figure
 
 
 @dataclass
@@ -61,10 +62,7 @@ def classification_report(predictions: np.ndarray, labels: np.ndarray, classes: 
 
 def save_confusion_matrix(report: ClassificationReport, path: str | Path, title: str = "") -> Path:
     """Draws the row-normalised confusion matrix with counts as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     counts = np.asarray(report.confusion, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
@@ -88,9 +86,4 @@ def save_confusion_matrix(report: ClassificationReport, path: str | Path, title:
                 color="white" if norm[i, j] > 0.5 else "black",
             )
     ax.set_title(title or f"accuracy {report.accuracy:.1%} (N={report.num_samples})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
