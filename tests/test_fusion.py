@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uniemo.models.fusion import (
+    EmotionFusion,
+    PlaceholderInjector,
+    attribute_distribution,
+    cooccurrence_prior,
+    correlation_coefficient,
+    fuse_conditions,
+    supervised_contrastive,
+)
+
+
+def test_cooccurrence_prior_by_hand():
+    # 3 attributes, 2 emotions; image attributes and labels:
+    prior = cooccurrence_prior([[0], [0, 1], [1], [-1]], [0, 0, 1, 1], vocab_size=3, num_classes=2)
+    expected = torch.tensor([[3 / 4, 1 / 4], [2 / 4, 2 / 4], [1 / 2, 1 / 2]])  # (count + 1) / (count(a) + K)
+    torch.testing.assert_close(prior, expected)
+
+
+def test_correlation_coefficient_soft_and_hard_by_hand():
+    prior = torch.tensor([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])  # (V=3, K=2)
+    pi = torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], requires_grad=True)
+    emotions = torch.tensor([0, 1])
+    soft = correlation_coefficient(pi, prior, emotions, "soft")
+    torch.testing.assert_close(
+        soft, torch.tensor([0.6 * 0.7 + 0.3 * 0.2 + 0.1 * 0.5, 0.1 * 0.3 + 0.1 * 0.8 + 0.8 * 0.5])
+    )
+    hard = correlation_coefficient(pi, prior, emotions, "hard")
+    torch.testing.assert_close(hard, torch.tensor([0.7, 0.5]))
+    assert not soft.requires_grad and not hard.requires_grad  # α weights; it does not train
+    with pytest.raises(ValueError, match="soft' or 'hard"):
+        correlation_coefficient(pi, prior, emotions, "medium")
+
+
+def test_attribute_distribution_is_a_distribution():
+    emb = F.normalize(torch.randn(4, 8), dim=-1)
+    vocab = F.normalize(torch.randn(5, 8), dim=-1)
+    pi = attribute_distribution(emb, vocab)
+    assert pi.shape == (4, 5)
+    torch.testing.assert_close(pi.sum(-1), torch.ones(4))
+
+
+def test_fusion_follows_the_formula_and_splits_per_encoder():
+    torch.manual_seed(0)
+    fusion = EmotionFusion(16, condition_dims=(8, 12), hidden=32)
+    cls, s, o = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 16)
+    a_s, a_o = torch.tensor([0.2, 0.5, 0.0]), torch.tensor([0.9, 0.1, 0.0])
+    c = fusion(cls, s, o, a_s, a_o)
+    expected = fusion.map_cls(cls) + a_s[:, None] * fusion.map_scene(s) + a_o[:, None] * fusion.map_object(o)
+    torch.testing.assert_close(c, expected)
+    torch.testing.assert_close(c[2], fusion.map_cls(cls)[2])  # α = 0: the class token alone
+    first, second = fusion.split(c)
+    assert first.shape == (3, 8) and second.shape == (3, 12)
+    assert isinstance(fusion.map_cls[1], torch.nn.ReLU) and fusion.map_cls[0].out_features == 32
+
+
+def test_emotion_fusion_weights():
+    c = torch.randn(2, 6)
+    torch.testing.assert_close(fuse_conditions(c, [1, 0]), c[0])
+    torch.testing.assert_close(fuse_conditions(c, [2, 2]), c.mean(0))
+    for bad in ([1, -1], [0, 0], [1]):
+        with pytest.raises(ValueError, match="non-negative weights"):
+            fuse_conditions(c, bad)
+
+
+def test_supervised_contrastive_by_hand():
+    z = F.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.1]]), dim=-1)
+    labels = torch.tensor([0, 0, 1, 2])  # only samples 0 and 1 have a positive
+    tau = 0.5
+    got = supervised_contrastive(z, labels, tau)
+
+    def term(i, p):
+        sims = {a: float(z[i] @ z[a]) / tau for a in range(4) if a != i}
+        return -(sims[p] - math.log(sum(math.exp(v) for v in sims.values())))
+
+    assert math.isclose(float(got), (term(0, 1) + term(1, 0)) / 2, rel_tol=1e-5)
+    assert supervised_contrastive(z, torch.tensor([0, 1, 2, 3])) is None
+
+
+@pytest.fixture
+def text_encoder():
+    from transformers import CLIPTextModel
+
+    from uniemo.models.factory import architecture_config, clip_tokenizer
+
+    torch.manual_seed(0)
+    model = CLIPTextModel(architecture_config("micro-clip").text_config).eval().requires_grad_(False)
+    return model, clip_tokenizer()
+
+
+def test_injection_equals_the_plain_encoder_except_where_c_enters(text_encoder):
+    model, tokenizer = text_encoder
+    injector = PlaceholderInjector(model, tokenizer)
+    assert injector.token_id == 49408 and model.get_input_embeddings().num_embeddings == 49409
+    prompts = ["a photo of a bench, <emotion>", "<emotion>", "a cup <emotion> on a table"]
+    ids = injector.tokenize(prompts)
+    plain = model(input_ids=ids).last_hidden_state
+    own_row = model.get_input_embeddings().weight[injector.token_id].expand(3, -1)
+    with torch.no_grad():
+        same = injector.encode(prompts, own_row.clone()).last_hidden_state
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)  # the token's own embedding: the plain encoder
+
+    condition = torch.randn(3, own_row.shape[-1], requires_grad=True)
+    out = injector.encode(prompts, condition).last_hidden_state  # (B, L, d_c)
+    position = (ids == injector.token_id).int().argmax(dim=1)
+    for b in range(3):
+        p = int(position[b])
+        torch.testing.assert_close(out[b, :p], plain[b, :p], rtol=0, atol=0)  # causal: before c, unchanged
+        assert not torch.allclose(out[b, p], plain[b, p])
+    out.sum().backward()
+    assert condition.grad is not None and bool((condition.grad.abs().sum(-1) > 0).all())
+    assert all(p.grad is None for p in model.parameters())  # the frozen encoder gets nothing
+    # the hook is gone after the block
+    torch.testing.assert_close(model(input_ids=ids).last_hidden_state, plain)
+
+
+def test_injection_refuses_prompts_without_exactly_one_placeholder(text_encoder):
+    injector = PlaceholderInjector(*text_encoder)
+    with pytest.raises(ValueError, match="exactly once"):
+        injector.tokenize(["a photo of a bench"])
+    with pytest.raises(ValueError, match="exactly once"):
+        injector.tokenize(["<emotion> and <emotion>"])
