@@ -125,3 +125,38 @@ def test_injection_refuses_prompts_without_exactly_one_placeholder(text_encoder)
         injector.tokenize(["a photo of a bench"])
     with pytest.raises(ValueError, match="exactly once"):
         injector.tokenize(["<emotion> and <emotion>"])
+
+
+def test_prior_head_learns_and_reads_names_in_the_shared_space():
+    from uniemo.models.fusion import classifier_prior, train_prior_head
+
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(4, 16), dim=-1)  # one direction per emotion in a shared space
+    labels = torch.arange(4).repeat(100)
+    features = centres[labels] + 0.1 * torch.randn(400, 16)
+    head = train_prior_head(features, labels, num_classes=4, epochs=30, lr=1e-2, hidden=32)
+    accuracy = (head(F.normalize(features, dim=-1)).argmax(-1) == labels).float().mean()
+    assert accuracy > 0.9
+    # "Names" whose text embeddings lie near an emotion's images read as that emotion; rows are distributions.
+    prior = classifier_prior(head, centres[[2, 0]])
+    torch.testing.assert_close(prior.sum(-1), torch.ones(2))
+    assert prior.argmax(-1).tolist() == [2, 0] and bool((prior.max(-1).values > 0.5).all())
+    again = train_prior_head(features, labels, num_classes=4, epochs=30, lr=1e-2, hidden=32)  # seeded: reproducible
+    torch.testing.assert_close(classifier_prior(again, centres), classifier_prior(head, centres))
+
+
+def test_emotion_space_statistics_and_sampling():
+    from uniemo.models.fusion import emotion_space, sample_emotion_space
+
+    cls = torch.tensor([[0.0, 2.0], [2.0, 2.0], [10.0, -1.0], [12.0, -3.0], [11.0, -2.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    space = emotion_space({"cls": cls}, labels, num_classes=2)
+    torch.testing.assert_close(space["cls_mean"], torch.tensor([[1.0, 2.0], [11.0, -2.0]]))
+    torch.testing.assert_close(space["cls_std"], torch.tensor([[math.sqrt(2), 0.0], [1.0, 1.0]]))
+    draws = sample_emotion_space(space, torch.tensor([1] * 2000), torch.Generator().manual_seed(0))["cls"]
+    torch.testing.assert_close(draws.mean(0), torch.tensor([11.0, -2.0]), atol=0.1, rtol=0)
+    torch.testing.assert_close(draws.std(0), torch.tensor([1.0, 1.0]), atol=0.1, rtol=0)
+    same = sample_emotion_space(space, torch.tensor([1] * 2000), torch.Generator().manual_seed(0))["cls"]
+    assert torch.equal(draws, same)
+    with pytest.raises(ValueError, match="no training image of emotion index \\[2\\]"):
+        emotion_space({"cls": cls}, labels, num_classes=3)

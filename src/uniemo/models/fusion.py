@@ -85,6 +85,48 @@ def correlation_coefficient(
     raise ValueError(f"alpha mode must be 'soft' or 'hard', got {mode!r}")
 
 
+class PriorHead(nn.Sequential):
+    """The paper's attribute–emotion prior network h: two fully connected layers on frozen CLIP features."""
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = 512) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def train_prior_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    hidden: int = 512,
+    seed: int = 0,
+) -> PriorHead:
+    """Trains h on L2-normalised CLIP image embeddings (N, d) of the training images with cross-entropy."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = PriorHead(features.shape[1], num_classes, hidden)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    x = F.normalize(features.float(), dim=-1)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            loss = F.cross_entropy(head(x[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def classifier_prior(head: PriorHead, text_embeds: torch.Tensor) -> torch.Tensor:
+    """P(· | a) = softmax(h(t_a)) for each attribute name's L2-normalised CLIP text embedding (V, d) → (V, K).
+
+    CLIP puts images and texts in one space, so h, trained on images, reads the emotion a name evokes.
+    """
+    return head(F.normalize(text_embeds.float(), dim=-1)).softmax(dim=-1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Mappers and the fused condition c (METHOD §4)
 
@@ -141,6 +183,48 @@ def fuse_conditions(conditions: torch.Tensor, weights: Sequence[float]) -> torch
     if w.shape != conditions.shape[:1] or bool((w < 0).any()) or float(w.sum()) <= 0:
         raise ValueError(f"need {conditions.shape[0]} non-negative weights with a positive sum, got {list(weights)}")
     return (w / w.sum()) @ conditions
+
+
+def emotion_space(
+    features: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int
+) -> dict[str, torch.Tensor]:
+    """Per-emotion mean and standard deviation of each feature (METHOD §5: the emotion space).
+
+    Args:
+        features: name → (N, D) features of the training images (``cls``, ``scene``, ``object``).
+        labels: (N,) emotions.
+
+    Returns:
+        ``{name}_mean`` and ``{name}_std``, each (K, D); an emotion with fewer than two images has std 0.
+
+    Raises:
+        ValueError: an emotion has no image.
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
+    if bool((counts == 0).any()):
+        missing = [int(k) for k in (counts == 0).nonzero().flatten()]
+        raise ValueError(f"no training image of emotion index {missing}: its emotion space would be empty")
+    space = {}
+    for name, x in features.items():
+        x = x.float()
+        space[f"{name}_mean"] = torch.stack([x[labels == k].mean(0) for k in range(num_classes)])
+        space[f"{name}_std"] = torch.stack(
+            [x[labels == k].std(0) if counts[k] > 1 else torch.zeros(x.shape[1]) for k in range(num_classes)]
+        )
+    return space
+
+
+def sample_emotion_space(
+    space: dict[str, torch.Tensor], emotions: torch.Tensor, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Draws each feature ~ N(μ_e, σ_e²) for each requested emotion e (B,) → name → (B, D)."""
+    names = [k[: -len("_mean")] for k in space if k.endswith("_mean")]
+    out = {}
+    for name in names:
+        mean, std = space[f"{name}_mean"][emotions], space[f"{name}_std"][emotions]
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        out[name] = mean + std * noise.to(mean.device)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
