@@ -128,3 +128,14 @@ def test_demo_fast_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "evaluation" / "confusion.png").is_file()
     again = uniemo("demo", "--fast", "--out", tmp_path / "demo")
     assert again.returncode == 0 and again.stderr.count("reused") == 3
+
+
+def test_evaluate_refuses_unmatched_labels_before_running(trained_run, tmp_path):
+    for cls in ("calm", "tense"):
+        (tmp_path / "other" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / "other" / cls / f"{i}.png")
+    r = uniemo(
+        "evaluate", "understanding", "--checkpoint", trained_run, "--data", tmp_path / "other", "--split", "train"
+    )
+    assert_one_line_error(r, "do not cover the dataset's (calm, tense)")

@@ -57,6 +57,7 @@ def evaluate_understanding(
     clf = EmotionClassifier.from_pretrained(checkpoint)
     dataset = open_dataset(data, data_format, fold)
     samples = dataset.split(split)
+    map_probabilities(np.zeros((0, len(clf.classes))), clf.classes, list(dataset.classes))  # refuse early
     eval_set = EmotionImageDataset(samples, clf.transform, on_bad_image="skip")
     probs, labels, _, skipped = predict_dataset(
         clf.model, eval_set, batch_size=batch_size, num_workers=num_workers, progress=progress

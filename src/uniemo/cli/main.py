@@ -131,7 +131,7 @@ def cmd_evaluate_understanding(args: argparse.Namespace) -> int:
     if result["sentiment_accuracy"] is not None:
         print(f"2-class accuracy: {result['sentiment_accuracy']:.2%}")
     for name, acc in result["per_class_accuracy"].items():
-        print(f"  {name:<12} {acc:.2%}")
+        print(f"  {name:<12} " + ("no images" if acc is None else f"{acc:.2%}"))
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable image(s), e.g. {result['skipped'][0]}")
     print(f"confusion matrix: {result['confusion_png']}")

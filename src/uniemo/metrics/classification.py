@@ -34,7 +34,10 @@ class ClassificationReport:
     classes: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values for JSON (NaN, for a class without images, becomes None)."""
+        out = asdict(self)
+        out["per_class_accuracy"] = {k: None if v != v else v for k, v in self.per_class_accuracy.items()}
+        return out
 
 
 def classification_report(predictions: np.ndarray, labels: np.ndarray, classes: list[str]) -> ClassificationReport:
