@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from uniemo.losses import supervised_contrastive
 from uniemo.models.fusion import (
     EmotionFusion,
     PlaceholderInjector,
@@ -11,7 +12,6 @@ from uniemo.models.fusion import (
     cooccurrence_prior,
     correlation_coefficient,
     fuse_conditions,
-    supervised_contrastive,
 )
 
 

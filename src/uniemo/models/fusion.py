@@ -1,4 +1,5 @@
-"""Building blocks of the generation half (METHOD §3–§4): α, the mappers, the fused condition, its injection.
+"""Building blocks of the generation half (METHOD §3–§5): the priors and α, the mappers and the fused condition,
+the emotion space, and the injection of the condition into a text encoder.
 
 Shape legend:
     B    batch size
@@ -287,30 +288,3 @@ class PlaceholderInjector:
         ids = self.tokenize(prompts).to(condition.device)
         with self.inject(ids, condition):
             return self.text_encoder(input_ids=ids)
-
-
-def supervised_contrastive(
-    embeds: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
-) -> torch.Tensor | None:
-    """L_cond (METHOD §4): supervised contrastive loss over the batch, positives = other samples of the same emotion.
-
-    For each anchor i with at least one positive: −mean_{p∈P(i)} log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) );
-    the loss is the mean over those anchors.
-
-    Args:
-        embeds: (B, d) conditions (normalised here).
-        labels: (B,) emotions.
-
-    Returns:
-        The loss, or None when no sample has a positive in the batch.
-    """
-    z = F.normalize(embeds.float(), dim=-1)
-    sim = z @ z.T / temperature  # (B, B)
-    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask  # (B, B)
-    anchors = positives.any(dim=1)
-    if not bool(anchors.any()):
-        return None
-    log_prob = sim - torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)  # (B, B)
-    per_anchor = -(log_prob * positives).sum(dim=1)[anchors] / positives.sum(dim=1)[anchors]
-    return per_anchor.mean()
