@@ -81,7 +81,7 @@ def _img(path, color=(200, 30, 30), size=(16, 16), fmt=None):
 def test_emoset_reader_on_synth(synth_dir):
     ds = open_dataset(synth_dir)
     assert ds.format == "emoset" and ds.classes == EMOSET_EMOTIONS
-    assert len(ds.split("train")) == 320 and ds.has_attributes
+    assert len(ds.split("train")) == 320 and all(s.scene and s.objects for s in ds.split("train"))
     scenes, objects = ds.vocabularies()
     assert set(scenes) <= set(SCENES) and set(objects) <= set(OBJECTS)
 
@@ -292,7 +292,9 @@ def test_dataset_items_skip_bad_images_and_are_reproducible(synth_dir, tmp_path)
     scenes, objects = ds.vocabularies()
     data = EmotionImageDataset(samples, ClipTransform(32, augment=True), scenes, objects, seed=5)
     batch = collate([data[i] for i in range(len(data))])
-    assert batch["pixel_values"].shape == (6, 3, 32, 32) and len(batch["bad"]) == 1 and "bad.jpg" in batch["bad"][0]
+    assert (
+        batch["pixel_values"].shape == (6, 3, 32, 32) and batch["bad"][0][0] == 3 and "bad.jpg" in batch["bad"][0][1]
+    )
     assert (batch["scene_id"] >= 0).all() and (batch["object_id"] >= 0).all()
     again = collate([data[i] for i in range(len(data))])
     assert torch.equal(batch["pixel_values"], again["pixel_values"])

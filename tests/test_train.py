@@ -93,28 +93,32 @@ def test_param_groups_follow_the_method():
 
 
 def test_backbone_from_a_local_clip_directory_and_mode_none(synth_dir, tmp_path):
-    """The real path: a CLIP checkpoint directory (as `save_pretrained` / the hub lay it out) as backbone."""
-    from transformers import CLIPModel
+    """The real path: a CLIP checkpoint directory (as `save_pretrained` / the hub lay it out) as backbone and
+    attribute text tower. With the backbone's lr at 0, the trained model must still hold the directory's weights."""
+    from transformers import CLIPModel, CLIPTextModelWithProjection
 
-    from uniemo.models.factory import architecture_config, clip_tokenizer
+    from uniemo.models.factory import architecture_config, clip_tokenizer, encode_texts
     from uniemo.pipelines.classifier import EmotionClassifier
 
     clip_dir = tmp_path / "my-clip"
+    torch.manual_seed(123)  # not the seed a built-in architecture would be initialised with
     CLIPModel(architecture_config("micro-clip")).save_pretrained(clip_dir)
     clip_tokenizer().save_pretrained(clip_dir)
+    reference = CLIPModel.from_pretrained(clip_dir).vision_model.state_dict()
+    text_tower = CLIPTextModelWithProjection.from_pretrained(clip_dir)
     for mode in ("multi_stage", "none"):
         out = tmp_path / mode
-        overrides = micro_overrides(synth_dir, out, steps=2) + [
-            f"model.backbone={clip_dir}",
-            f"model.query_mode={mode}",
-        ]
+        overrides = micro_overrides(synth_dir, out, steps=2)
+        overrides += [f"model.backbone={clip_dir}", f"model.query_mode={mode}", "optim.backbone_lr_scale=0"]
         summary = stage1.train_understanding(load_config(TINY, overrides), progress=False)
         assert summary.steps == 2
         clf = EmotionClassifier.from_pretrained(out)
         assert clf.model.query_mode == mode and len(clf.classes) == 8
-        assert bool(clf.scene_vocab) == (mode != "none")
-        reference = CLIPModel.from_pretrained(clip_dir).vision_model
-        if mode == "none":  # trained, so the weights moved away from the checkpoint's
-            assert not torch.equal(
-                clf.model.vision.embeddings.patch_embedding.weight, reference.embeddings.patch_embedding.weight
-            )
+        loaded = clf.model.vision.state_dict()
+        assert loaded.keys() == reference.keys()
+        assert all(torch.equal(loaded[k], reference[k]) for k in reference), "backbone not loaded from the directory"
+        if mode == "multi_stage":
+            expected = encode_texts(text_tower, clip_tokenizer(), clf.scene_vocab)
+            torch.testing.assert_close(clf.model.scene_vocab_embeds, expected)
+        else:
+            assert clf.scene_vocab == []

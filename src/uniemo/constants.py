@@ -27,12 +27,13 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 #: Size of CLIP's BPE vocabulary; a tokenizer of another size was built wrong (see ENVIRONMENT: offline traps).
 CLIP_VOCAB_SIZE = 49408
+#: Token ids a CLIP text config must name (transformers' default 2 breaks EOS pooling once tokens are added).
+CLIP_SPECIAL_TOKEN_IDS: dict[str, int] = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
 
 
-def sentiment_of(emotion: str) -> str | None:
-    """The 2-class sentiment of an EmoSet emotion name, or ``None`` for a name outside the 8 emotions."""
-    if emotion in POSITIVE_EMOTIONS:
-        return "positive"
-    if emotion in NEGATIVE_EMOTIONS:
-        return "negative"
-    return None
+def positive_mask(classes: list[str] | tuple[str, ...]) -> list[bool] | None:
+    """Per class, whether it is a positive emotion; None unless every class is one of EmoSet's eight emotions
+    (only then does the 2-class sentiment mapping apply)."""
+    if not classes or not set(classes) <= set(EMOSET_EMOTIONS):
+        return None
+    return [c in POSITIVE_EMOTIONS for c in classes]

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from uniemo.checkpoint import resolve_checkpoint
-from uniemo.constants import SENTIMENTS, sentiment_of
+from uniemo.constants import SENTIMENTS, positive_mask
 from uniemo.data.datasets import EmotionImageDataset, open_dataset
 from uniemo.errors import UniEmoError
 from uniemo.metrics.classification import classification_report, save_confusion_matrix
 from uniemo.pipelines.classifier import EmotionClassifier, predict_dataset
 
 
-def map_probabilities(probs: np.ndarray, model_classes: list[str], data_classes: list[str]) -> tuple[np.ndarray, str]:
-    """Maps (N, K_model) probabilities onto a dataset's classes for cross-dataset evaluation.
+def label_mapping(model_classes: list[str], data_classes: list[str]) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """How (N, K_model) probabilities become (N, K_data) ones for cross-dataset evaluation, and its name.
 
     * same names, or the dataset's a subset: the dataset's columns, by name (``same label set`` / ``subset``);
     * a 2-class sentiment dataset and an emotion model: summed over positive and negative emotions.
@@ -28,11 +29,15 @@ def map_probabilities(probs: np.ndarray, model_classes: list[str], data_classes:
     if set(data_classes) <= set(model_classes):
         columns = [model_classes.index(c) for c in data_classes]
         mode = "same label set" if set(data_classes) == set(model_classes) else "subset of the model's classes"
-        return probs[:, columns], mode
-    groups = [sentiment_of(c) for c in model_classes]
-    if tuple(data_classes) == SENTIMENTS and all(g is not None for g in groups):
-        positive = probs[:, [i for i, g in enumerate(groups) if g == "positive"]].sum(1)
-        return np.stack([1 - positive, positive], axis=1), "emotions mapped to 2-class sentiment"
+        return (lambda probs: probs[:, columns]), mode
+    mask = positive_mask(model_classes)
+    if tuple(data_classes) == SENTIMENTS and mask is not None:
+
+        def to_sentiment(probs: np.ndarray) -> np.ndarray:
+            positive = probs[:, np.array(mask)].sum(1)
+            return np.stack([1 - positive, positive], axis=1)  # SENTIMENTS order: negative, positive
+
+        return to_sentiment, "emotions mapped to 2-class sentiment"
     raise UniEmoError(
         f"the model's classes ({', '.join(model_classes)}) do not cover the dataset's ({', '.join(data_classes)}); "
         "cross-dataset evaluation needs the same label names (or a 2-class positive/negative dataset)"
@@ -57,15 +62,14 @@ def evaluate_understanding(
     clf = EmotionClassifier.from_pretrained(checkpoint)
     dataset = open_dataset(data, data_format, fold)
     samples = dataset.split(split)
-    map_probabilities(np.zeros((0, len(clf.classes))), clf.classes, list(dataset.classes))  # refuse early
+    mapping, mode = label_mapping(clf.classes, list(dataset.classes))  # before the pass: refuse early
     eval_set = EmotionImageDataset(samples, clf.transform, on_bad_image="skip")
     probs, labels, _, skipped = predict_dataset(
         clf.model, eval_set, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
     if len(labels) == 0:
         raise UniEmoError(f"no readable image in split '{split}' of {dataset.root} ({len(skipped)} skipped)")
-    mapped, mode = map_probabilities(probs, clf.classes, list(dataset.classes))
-    report = classification_report(mapped.argmax(1), labels, list(dataset.classes))
+    report = classification_report(mapping(probs).argmax(1), labels, list(dataset.classes))
     out = Path(out_dir) if out_dir else resolve_checkpoint(checkpoint).parent / f"eval-{dataset.root.name}-{split}"
     png = save_confusion_matrix(
         report, out / "confusion.png", f"{dataset.root.name} [{split}]: {report.accuracy:.1%} (N={report.num_samples})"

@@ -78,11 +78,6 @@ class EmotionDataset:
             raise DataError(f"split '{name}' of dataset {self.root} is empty")
         return self.splits[name]
 
-    @property
-    def has_attributes(self) -> bool:
-        """Whether any training sample carries a scene or object annotation."""
-        return any(s.scene or s.objects for samples in self.splits.values() for s in samples)
-
     def vocabularies(self, split: str = "train") -> tuple[list[str], list[str]]:
         """Sorted scene and object names that occur in ``split`` (the attribute vocabularies)."""
         samples = self.splits.get(split, [])
@@ -404,9 +399,9 @@ class EmotionImageDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stacks good items; ``bad`` lists the messages of the skipped ones."""
+    """Stacks good items; ``bad`` lists (index, message) of the skipped ones."""
     good = [it for it in items if "bad" not in it]
-    batch: dict[str, Any] = {"bad": [it["bad"] for it in items if "bad" in it]}
+    batch: dict[str, Any] = {"bad": [(it["index"], it["bad"]) for it in items if "bad" in it]}
     if good:
         batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
         for key in ("label", "scene_id", "object_id", "index"):

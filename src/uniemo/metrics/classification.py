@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from uniemo.constants import sentiment_of
+from uniemo.constants import positive_mask
 from uniemo.plotting import pyplot, save_figure
 
 
@@ -48,10 +48,10 @@ def classification_report(predictions: np.ndarray, labels: np.ndarray, classes: 
     np.add.at(confusion, (labels, predictions), 1)
     totals = confusion.sum(axis=1)
     per_class = {c: float(confusion[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
-    sentiments = [sentiment_of(c) for c in classes]
+    mask = positive_mask(classes)
     sentiment_acc = None
-    if all(s is not None for s in sentiments) and len(labels):
-        sent = np.array([s == "positive" for s in sentiments])
+    if mask is not None and len(labels):
+        sent = np.array(mask)
         sentiment_acc = float(np.mean(sent[labels] == sent[predictions]))
     return ClassificationReport(
         num_samples=int(len(labels)),

@@ -9,14 +9,13 @@ Shape legend:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from uniemo.constants import CLIP_VOCAB_SIZE
-from uniemo.errors import CheckpointError
+from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
+from uniemo.models.factory import check_tokenizer, clip_tokenizer, from_pretrained_or_explain
 
 TINY_SD = "tiny-sd"
 
@@ -29,8 +28,6 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from uniemo.models.factory import clip_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -64,9 +61,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
                 num_hidden_layers=2,
                 num_attention_heads=2,
                 max_position_embeddings=77,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
+                **CLIP_SPECIAL_TOKEN_IDS,
             )
         )
     scheduler = DDPMScheduler(
@@ -95,18 +90,18 @@ def load_stable_diffusion(spec: str, seed: int = 0) -> Any:
         return tiny_stable_diffusion(seed)
     from diffusers import StableDiffusionPipeline
 
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(spec, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError) as err:
-        where = "local directory" if Path(spec).exists() else "hub id"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"cannot load a Stable Diffusion pipeline from {where} '{spec}': {first}. Give a local directory in "
-            f"diffusers' layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), a hub id "
-            f"in the local Hugging Face cache, or '{TINY_SD}'"
-        ) from None
-    from uniemo.models.factory import check_tokenizer
-
+    instead = (
+        "a local directory in diffusers' layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+        f"scheduler/), a hub id in the local Hugging Face cache, or '{TINY_SD}'"
+    )
+    pipe = from_pretrained_or_explain(
+        StableDiffusionPipeline,
+        spec,
+        "a Stable Diffusion pipeline",
+        instead,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     check_tokenizer(pipe.tokenizer, spec)
     return pipe
 

@@ -21,16 +21,13 @@ from typing import Any
 
 import torch
 
-from uniemo.constants import CLIP_VOCAB_SIZE
+from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 _CONFIG_PACKAGE = "uniemo.models.model_configs"
 _BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-
-#: Token ids of CLIP's BPE vocabulary that a tiny text config must name (the default 2 breaks EOS pooling).
-_CLIP_SPECIAL_IDS = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
 
 
 def list_architectures() -> list[str]:
@@ -56,7 +53,7 @@ def architecture_config(name: str) -> Any:
         raise CheckpointError(f"unknown architecture '{name}'; built-in ones: {', '.join(list_architectures())}")
     spec = json.loads(resources.files(_CONFIG_PACKAGE).joinpath(f"{name}.json").read_text())
     dim = spec["projection_dim"]  # each tower's config carries it too: the *WithProjection models read it there
-    text = {"vocab_size": CLIP_VOCAB_SIZE, **_CLIP_SPECIAL_IDS, **spec["text_config"], "projection_dim": dim}
+    text = {"vocab_size": CLIP_VOCAB_SIZE, **CLIP_SPECIAL_TOKEN_IDS, **spec["text_config"], "projection_dim": dim}
     vision = {**spec["vision_config"], "projection_dim": dim}
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=dim)
 
@@ -68,17 +65,22 @@ def _seeded(seed: int):
         yield
 
 
-def _from_pretrained(cls: Any, spec: str, what: str, **kwargs: Any) -> Any:
+def from_pretrained_or_explain(cls: Any, spec: str, what: str, instead: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(spec)``; a failure becomes one :class:`CheckpointError` saying what to give instead."""
     try:
         return cls.from_pretrained(spec, **kwargs)
     except (OSError, ValueError) as err:
         where = "local directory" if Path(spec).exists() else "hub id"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"cannot load the {what} from {where} '{spec}': {first}. Give a local directory holding a CLIP "
-            f"checkpoint (config.json and weights), a hub id that is in the local Hugging Face cache, or one of "
-            f"the built-in architectures: {', '.join(list_architectures())}"
-        ) from None
+        raise CheckpointError(f"cannot load {what} from {where} '{spec}': {first}. Give {instead}") from None
+
+
+def _from_pretrained(cls: Any, spec: str, what: str) -> Any:
+    instead = (
+        "a local directory holding a CLIP checkpoint (config.json and weights), a hub id that is in the local "
+        f"Hugging Face cache, or one of the built-in architectures: {', '.join(list_architectures())}"
+    )
+    return from_pretrained_or_explain(cls, spec, f"the {what}", instead)
 
 
 def load_clip_vision(spec: str, seed: int = 0) -> Any:

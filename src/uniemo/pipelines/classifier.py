@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from uniemo.checkpoint import load_weights, read_meta, resolve_checkpoint, save_model
-from uniemo.constants import sentiment_of
+from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
@@ -38,7 +38,8 @@ class Prediction:
         label: the most probable class name.
         probability: its probability.
         top: (name, probability) pairs, most probable first (``top_k`` of them).
-        sentiment: ``{"positive": p, "negative": 1 - p}`` summed over the emotions of 8-class models, else None.
+        sentiment: ``{"positive": p, "negative": 1 - p}`` summed over the emotions when every class is an EmoSet
+            emotion, else None.
         source: the path the image came from, when it came from one.
     """
 
@@ -76,6 +77,8 @@ class EmotionClassifier:
     def __post_init__(self) -> None:
         self.model.eval()
         self.transform = ClipTransform(self.model.image_size)
+        mask = positive_mask(self.classes)
+        self._positive = None if mask is None else torch.tensor(mask)
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +116,8 @@ class EmotionClassifier:
     # ----------------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image | str | Path]) -> torch.Tensor:
         """PIL images or paths → (B, 3, S, S) pixel values. Paths are read with :func:`load_image`."""
-        pils = [load_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
+        draft = 2 * self.transform.image_size  # as the dataset path decodes, so both give the same pixels
+        pils = [load_image(im, draft) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
         return torch.stack([self.transform(im) for im in pils]).to(self.device)
 
     @torch.no_grad()
@@ -151,11 +155,11 @@ class EmotionClassifier:
         paths = [Path(p) for p in paths]
         dataset = EmotionImageDataset([Sample(p, -1) for p in paths], self.transform, on_bad_image="skip")
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_with_errors
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
         )
         bar = tqdm(total=len(paths), desc="classifying", disable=not progress, leave=False)
         for batch in loader:
-            results: dict[int, tuple[Prediction | None, str | None]] = {i: (None, m) for i, m in batch["errors"]}
+            results: dict[int, tuple[Prediction | None, str | None]] = {i: (None, m) for i, m in batch["bad"]}
             if "pixel_values" in batch:
                 with torch.no_grad():
                     probs = self.model(batch["pixel_values"].to(self.device)).logits.float().softmax(-1).cpu()
@@ -172,9 +176,8 @@ class EmotionClassifier:
         values, indices = probs.topk(k)
         top = [(self.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
         sentiment = None
-        groups = [sentiment_of(c) for c in self.classes]
-        if len(self.classes) == 8 and all(g is not None for g in groups):
-            positive = float(sum(float(p) for p, g in zip(probs, groups) if g == "positive"))
+        if self._positive is not None:
+            positive = float(probs[self._positive].sum())
             sentiment = {"positive": positive, "negative": 1.0 - positive}
         return Prediction(top[0][0], top[0][1], top, sentiment, source)
 
@@ -204,7 +207,6 @@ def predict_dataset(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = False,
-    desc: str = "evaluating",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Runs ``model`` over a dataset: (probabilities (N, K), labels (N,), sample indices (N,), skipped messages)."""
     was_training = model.training
@@ -214,8 +216,8 @@ def predict_dataset(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, shuffle=False
     )
     probs, labels, indices, bad = [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        bad.extend(batch["bad"])
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        bad.extend(message for _, message in batch["bad"])
         if "pixel_values" not in batch:
             continue
         logits = model(batch["pixel_values"].to(device)).logits.float()
@@ -227,8 +229,3 @@ def predict_dataset(
     if not probs:
         return np.zeros((0, k), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), bad
     return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices), bad
-
-
-def _collate_with_errors(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """:func:`collate`, keeping where each unreadable item was (``errors``: (index, message) pairs)."""
-    return {**collate(items), "errors": [(it["index"], it["bad"]) for it in items if "bad" in it]}

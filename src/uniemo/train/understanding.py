@@ -255,6 +255,8 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(total_steps, warmup))
     # accelerate gives each process its own micro-batches of the shuffled order.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    unwrapped = accelerator.unwrap_model(model)
+    vocab_embeds = {"scene": unwrapped.scene_vocab_embeds, "object": unwrapped.object_vocab_embeds}  # on its device
 
     counters = {
         "step": 0,
@@ -365,20 +367,19 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                     loss = weights.ce_weight * loss_ce
                     parts = {"loss/ce": loss_ce.detach()}
                     if use_queries:
-                        unwrapped = accelerator.unwrap_model(model)
                         for which, emb, ids, vocab, w in (
                             (
                                 "scene",
                                 out.scene_embeds,
                                 batch["scene_id"],
-                                unwrapped.scene_vocab_embeds,
+                                vocab_embeds["scene"],
                                 weights.scene_weight,
                             ),
                             (
                                 "object",
                                 out.object_embeds,
                                 batch["object_id"],
-                                unwrapped.object_vocab_embeds,
+                                vocab_embeds["object"],
                                 weights.object_weight,
                             ),
                         ):
