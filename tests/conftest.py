@@ -43,3 +43,32 @@ def trained_run(synth_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "micro"
     train_understanding(load_config(REPO / "configs" / "tiny.yaml", micro_overrides(synth_dir, out)), progress=False)
     return out
+
+
+def joint_overrides(data: Path, stage1: Path, out: Path, steps: int = 4, diffusion: str = "tiny-sd") -> list[str]:
+    return [
+        f"data.root={data}",
+        f"output_dir={out}",
+        f"joint.understanding={stage1}",
+        f"joint.diffusion={diffusion}",
+        "joint.resolution=32",
+        "joint.mapper_hidden=64",
+        "joint.prior_epochs=3",
+        "optim.batch_size=16",
+        f"optim.max_steps={steps}",
+        "save_every=2",
+        "log_every=2",
+    ]
+
+
+@pytest.fixture(scope="session")
+def joint_run(synth_dir, trained_run, tmp_path_factory) -> Path:
+    from uniemo.config import JointRunConfig, load_config
+    from uniemo.train.joint import train_joint
+
+    out = tmp_path_factory.mktemp("runs") / "joint"
+    cfg = load_config(
+        REPO / "configs" / "tiny-joint.yaml", joint_overrides(synth_dir, trained_run, out), JointRunConfig
+    )
+    train_joint(cfg, progress=False)
+    return out

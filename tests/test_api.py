@@ -24,6 +24,22 @@ def test_readme_python_example_runs(trained_run, synth_dir, tmp_path, monkeypatc
     assert printed[1].startswith("torch.Size([1, 32])")
 
 
+def test_readme_generation_example_runs(joint_run, synth_dir, tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]
+    assert "UniEmoPipeline" in code
+    demo = tmp_path / "demo-output"
+    demo.mkdir()
+    (demo / "joint").symlink_to(joint_run)
+    (demo / "data").symlink_to(synth_dir)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["images"]) == 4
+    assert (tmp_path / "my-uniemo" / "diffusion" / "model_index.json").is_file()
+
+
 def test_predictions_agree_with_the_model_and_sentiment_sums(trained_run, synth_dir):
     clf = EmotionClassifier.from_pretrained(trained_run)
     paths = sorted((synth_dir / "image" / "awe").glob("*.jpg"))[:3]

@@ -126,8 +126,14 @@ def test_demo_fast_end_to_end(tmp_path):
     # Clearly above chance: 12.5 % ± 1.7 % (one binomial σ at N = 400) for 8 classes, 50 % for 2.
     assert report["accuracy"] > 0.2 and report["sentiment_accuracy"] > 0.75, report
     assert (tmp_path / "demo" / "evaluation" / "confusion.png").is_file()
+    joint = json.loads((tmp_path / "demo" / "joint" / "summary.json").read_text())
+    assert f"{joint['accuracy_before']:.2%} before, {joint['accuracy_after']:.2%} after" in r.stdout
+    generation = json.loads((tmp_path / "demo" / "generation" / "generation.json").read_text())
+    assert generation["num_images"] == 32 and f"Emo-A {generation['emo_a']:.2%}" in r.stdout
+    for grid in ("emotions.png", "transfer-house.png", "fusion.png"):
+        assert (tmp_path / "demo" / "generation" / grid).is_file()
     again = uniemo("demo", "--fast", "--out", tmp_path / "demo")
-    assert again.returncode == 0 and again.stderr.count("reused") == 3
+    assert again.returncode == 0 and again.stderr.count("reused") == 5
 
 
 def test_evaluate_refuses_unmatched_labels_before_running(trained_run, tmp_path):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from uniemo.config import UnderstandingRunConfig, load_config, parse_overrides, save_config
+from uniemo.config import JointRunConfig, UnderstandingRunConfig, load_config, parse_overrides, save_config
 from uniemo.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -11,13 +11,27 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_there_are_paper_and_tiny_configs():
     names = {p.stem for p in CONFIGS}
     assert {"tiny", "emoset-vitb32", "emoset-vitb16", "emoset-vitl14", "fi-vitb32", "fi-vitl14"} <= names
+    assert {"tiny-joint", "emoset-sd15", "emoset-sdxl"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads(path):
+    if "joint" in path.stem or path.stem.endswith(("sd15", "sdxl")):  # stage 2
+        cfg = load_config(path, cls=JointRunConfig)
+        assert cfg.data.root == "" and cfg.joint.understanding == ""
+        assert (cfg.joint.understanding_weight, cfg.joint.condition_weight, cfg.joint.diffusion_weight) == (
+            0.3,
+            0.3,
+            0.4,
+        )
+        with pytest.raises(ConfigError, match="stage-2 \\(joint\\) config: use it with `uniemo train joint`"):
+            load_config(path)
+        return
     cfg = load_config(path)
     assert isinstance(cfg, UnderstandingRunConfig)
     assert cfg.data.root == "", "configs must not carry default data paths"
+    with pytest.raises(ConfigError, match="stage-1"):
+        load_config(path, cls=JointRunConfig)
     if path.stem.startswith(("emoset", "fi")):
         assert cfg.model.backbone.startswith("openai/clip-vit-")
         assert cfg.optim.lr == 1e-4 and cfg.optim.batch_size == 128 and cfg.optim.weight_decay == 1e-3

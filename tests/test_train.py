@@ -81,7 +81,7 @@ def test_batch_larger_than_dataset_is_refused(synth_dir, tmp_path):
 def test_param_groups_follow_the_method():
     cfg = load_config(None, ["model.backbone=micro-clip", "optim.lr=1e-3", "optim.backbone_lr_scale=0.1"])
     model = stage1.build_model(cfg, 8, 16, (2, 2))
-    groups = stage1._param_groups(model, cfg)
+    groups = stage1.param_groups(model, cfg)
     by_id = {id(p): g for g in groups for p in g["params"]}
     assert by_id[id(model.scene_queries)]["weight_decay"] == 0 and by_id[id(model.scene_queries)]["lr"] == 1e-3
     assert by_id[id(model.scene_beta)]["weight_decay"] == 0

@@ -1,9 +1,10 @@
-"""UniEmo: emotion understanding with expert queries, and (in later stages) emotion-conditioned generation.
+"""UniEmo: emotion understanding with expert queries, and emotion-conditioned generation with Stable Diffusion.
 
 The public Python API is imported lazily, so ``import uniemo`` stays light:
 
-    >>> from uniemo import EmotionClassifier
+    >>> from uniemo import EmotionClassifier, UniEmoPipeline
     >>> clf = EmotionClassifier.from_pretrained("demo-output/understanding")
+    >>> images = UniEmoPipeline.from_pretrained("demo-output/joint")("awe", num_images=4).images
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ _LAZY = {
     "EmotionClassifier": "uniemo.pipelines.classifier",
     "Prediction": "uniemo.pipelines.classifier",
     "ExpertQueryCLIP": "uniemo.models.understanding",
+    "UniEmoPipeline": "uniemo.pipelines.generation",
+    "UniEmoModel": "uniemo.models.uniemo",
+    "JointRunConfig": "uniemo.config",
+    "train_joint": "uniemo.train.joint",
     "load_config": "uniemo.config",
     "train_understanding": "uniemo.train.understanding",
     "evaluate_understanding": "uniemo.evaluate",

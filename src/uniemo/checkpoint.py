@@ -110,22 +110,25 @@ def save_model(directory: Path, model: torch.nn.Module, meta: dict[str, Any], co
         (directory / CONFIG_FILE).write_text(config_yaml)
 
 
-def read_meta(directory: Path, kind: str) -> dict[str, Any]:
-    """Reads and checks ``model.json`` of a checkpoint of ``kind`` (e.g. ``understanding``)."""
+def read_meta(directory: Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
+    """Reads and checks ``model.json`` of a checkpoint of ``kind`` (e.g. ``understanding``, or any of a tuple)."""
+    kinds = (kind,) if isinstance(kind, str) else kind
     try:
         meta = json.loads((directory / META_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{directory / META_FILE} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
+    if not isinstance(meta, dict) or meta.get("kind") not in kinds:
         found = meta.get("kind") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{directory} is a '{found}' checkpoint, not a uniemo '{kind}' checkpoint")
+        wanted = " or ".join(f"'{k}'" for k in kinds)
+        raise CheckpointError(f"{directory} is a '{found}' checkpoint, not a uniemo {wanted} checkpoint")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{directory} was written by a newer uniemo (format {meta['format_version']}); upgrade")
     return meta
 
 
-def load_weights(directory: Path, model: torch.nn.Module) -> None:
-    """Loads ``model.safetensors`` into ``model`` strictly.
+def load_weights(directory: Path, model: torch.nn.Module, prefix: str = "") -> None:
+    """Loads ``model.safetensors`` into ``model`` strictly (only the tensors under ``prefix``, when given: the
+    understanding part of a joint checkpoint is ``understanding.``).
 
     Raises:
         CheckpointError: the file is missing or corrupt, or its tensors do not fit ``model``'s architecture.
@@ -137,6 +140,8 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
         state = load_file(str(file))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{file} is not a readable safetensors file ({err})") from None
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

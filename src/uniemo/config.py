@@ -149,6 +149,74 @@ class UnderstandingRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
+@dataclass
+class JointConfig:
+    """Stage 2, joint training (METHOD §3–§5).
+
+    Attributes:
+        understanding: the stage-1 checkpoint (a run directory, or its ``best/`` / ``last/``); required.
+        diffusion: the frozen Stable Diffusion (SD 1.x/2.x or SDXL): a hub id, a local directory in diffusers'
+            layout, ``uniemo-standin`` (the shipped stand-in) or ``tiny-sd`` / ``tiny-sdxl`` (random, tests).
+        resolution: image side the VAE encodes (512 for SD 1.5, 1024 for SDXL; the stand-in's 32).
+        placeholder: the token whose input embedding becomes c.
+        template: training prompt, ``{}`` is replaced by the placeholder (default: the placeholder alone).
+        prior: P(e | a) from ``classifier`` (a two-layer head on frozen CLIP image features, applied to the
+            attribute names' text embeddings) or ``cooccurrence`` (annotation counts).
+        prior_clip: the CLIP (both towers) whose space the classifier prior uses; ``None`` = stage 1's text model.
+        prior_epochs: epochs of the prior head's training.
+        alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute) or ``off`` (α = 1, the ablation).
+        condition_loss: ``supcon`` (supervised contrastive on c, the method), ``ce`` (an emotion classifier on
+            c, the paper's Table V baseline) or ``none``.
+        condition_temperature: τ of the supervised contrastive loss.
+        understanding_weight / condition_weight / diffusion_weight: L_Joint = 0.3·L_U + 0.3·L_cond + 0.4·L(θ).
+        mapper_hidden: hidden width of M_E, M_S, M_O.
+        mapper_lr: lr of the mappers (``optim.lr`` is the understanding modules' lr).
+        space_max_images: training images used for the emotion space (taken evenly from every emotion); 0 = all.
+    """
+
+    understanding: str = ""
+    diffusion: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    resolution: int = 512
+    placeholder: str = "<emotion>"
+    template: str = "{}"
+    prior: Literal["classifier", "cooccurrence"] = "classifier"
+    prior_clip: str | None = None
+    prior_epochs: int = 30
+    alpha: Literal["soft", "hard", "off"] = "soft"
+    condition_loss: Literal["supcon", "ce", "none"] = "supcon"
+    condition_temperature: float = 0.07
+    understanding_weight: float = 0.3
+    condition_weight: float = 0.3
+    diffusion_weight: float = 0.4
+    mapper_hidden: int = 1024
+    mapper_lr: float = 1e-3
+    space_max_images: int = 0
+
+
+@dataclass
+class JointRunConfig:
+    """A stage-2 run. ``optim.lr`` applies to the understanding modules (queries, IBs, β, projections, head),
+    ``optim.lr × optim.backbone_lr_scale`` to the vision tower (0 freezes it), ``joint.mapper_lr`` to the
+    mappers; ``loss`` weighs L_U's parts as in stage 1.
+
+    Attributes:
+        output_dir / seed / mixed_precision / save_every / log_every / threads: as in stage 1.
+        eval_every: report test accuracy only before and after (0), or also every this many steps.
+    """
+
+    output_dir: str = ""
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = 0
+    save_every: int = 100
+    log_every: int = 10
+    threads: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, backbone_lr_scale=0.0, epochs=5))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading, overrides and type checking
 
@@ -297,6 +365,12 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         values = loaded
+    stage2 = "joint" in values
+    if path is not None and stage2 != (cls is JointRunConfig) and cls in (JointRunConfig, UnderstandingRunConfig):
+        this, other = (
+            ("stage-2 (joint)", "train joint") if stage2 else ("stage-1 (understanding)", "train understanding")
+        )
+        raise ConfigError(f"{path} is a {this} config: use it with `uniemo {other}`")
     values = _merge(values, parse_overrides(overrides or []))
     return config_from_dict(cls, values)
 

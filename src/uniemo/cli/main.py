@@ -59,6 +59,73 @@ def cmd_train_understanding(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_joint(args: argparse.Namespace) -> int:
+    from uniemo.config import JointRunConfig, load_config
+    from uniemo.train.joint import train_joint
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides, cls=JointRunConfig)
+    summary = train_joint(cfg, resume=args.resume)
+    if not summary.main_process:
+        return 0
+    print(
+        f"stage 2 done: {summary.steps} steps ({summary.seconds_per_step * 1000:.0f} ms/step); understanding test "
+        f"accuracy {summary.accuracy_before:.2%} before joint training, {summary.accuracy_after:.2%} after; "
+        f"model in {cfg.output_dir}/last"
+    )
+    return 0
+
+
+def cmd_train_base(args: argparse.Namespace) -> int:
+    from uniemo.train.base import BaseConfig, train_base
+
+    cfg = BaseConfig(
+        seed=args.seed,
+        clip_steps=args.clip_steps,
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        unet_lr=args.unet_lr,
+        threads=args.threads,
+        init=args.continue_from,
+    )
+    info = train_base(args.data, args.out, cfg)
+    minutes = sum(info[k]["seconds"] for k in ("clip", "vae", "unet")) / 60
+    print(
+        f"stand-in models written to {args.out} (clip/: CLIPModel, sd/: StableDiffusionPipeline) after "
+        f"{minutes:.1f} min of training"
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from uniemo.pipelines.generation import UniEmoPipeline, save_generation
+
+    if not args.emotion and not args.reference:
+        raise UniEmoError("give --emotion NAME (or NAME=WEIGHT, repeated) or --reference IMAGE")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+        args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    ]
+    pipe = UniEmoPipeline.from_pretrained(args.checkpoint, device=device, diffusion=args.diffusion, dtype=dtype)
+    output = pipe(
+        emotion=args.emotion or None,
+        prompt=args.prompt,
+        reference=args.reference,
+        num_images=args.num_images,
+        steps=args.steps,
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt,
+    )
+    output.settings["checkpoint"] = str(args.checkpoint)
+    stem = "reference" if args.reference else "-".join(output.settings["emotions"])
+    paths = save_generation(output, args.out, stem)
+    print(f"wrote {len(paths)} image(s) and settings.json to {args.out}")
+    return 0
+
+
 def _collect_images(inputs: list[str]) -> list[Path]:
     from uniemo.data.images import is_image_file
 
@@ -187,6 +254,57 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last/ state")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
     t.set_defaults(func=cmd_train_understanding)
+
+    t = stages.add_parser("joint", help="stage 2: joint understanding + emotion-conditioned generation")
+    t.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny-joint, emoset-sd15)")
+    t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last/ state")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. joint.alpha=hard")
+    t.set_defaults(func=cmd_train_joint)
+
+    t = stages.add_parser("base", help="pre-train the stand-in CLIP and Stable Diffusion on the built-in dataset")
+    t.add_argument("data", help="the built-in dataset (`uniemo synth DATA`)")
+    t.add_argument("--out", required=True, help="output directory (clip/ and sd/ go there)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--clip-steps", type=int, default=1200, help="contrastive CLIP steps (default 1200)")
+    t.add_argument("--vae-steps", type=int, default=1000, help="autoencoder steps (default 1000)")
+    t.add_argument("--unet-steps", type=int, default=4000, help="UNet steps (default 4000)")
+    t.add_argument("--unet-lr", type=float, default=4e-4, help="UNet peak learning rate (default 4e-4)")
+    t.add_argument(
+        "--continue-from",
+        default=None,
+        metavar="DIR",
+        help="keep this stand-in's CLIP and VAE and train its UNet --unet-steps more",
+    )
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    t.set_defaults(func=cmd_train_base)
+
+    p = sub.add_parser("generate", help="generate emotion-evoking images from a joint checkpoint")
+    p.add_argument("--checkpoint", required=True, help="joint run or checkpoint directory")
+    p.add_argument(
+        "--emotion",
+        action="append",
+        default=[],
+        metavar="NAME[=W]",
+        help="emotion to evoke; repeat with weights to fuse (--emotion amusement=0.5 --emotion awe=0.5)",
+    )
+    p.add_argument("--prompt", default=None, help="content to transfer the emotion onto (e.g. 'a bench')")
+    p.add_argument("--reference", default=None, metavar="IMAGE", help="evoke this image's feeling instead")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--scheduler", default=None, help="ddim, ddpm, pndm, euler, euler-a, dpm++, unipc")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--diffusion", default=None, help="use this diffusion model instead of the stored one")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="the diffusion model's precision (default: float16 on a GPU, float32 on the CPU)",
+    )
+    p.add_argument("--out", required=True, help="output directory for the PNGs and settings.json")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("classify", help="predict the emotion of images")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")

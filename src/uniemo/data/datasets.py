@@ -350,8 +350,10 @@ class EmotionImageDataset(torch.utils.data.Dataset):
 
     Each item holds ``pixel_values`` (3, S, S), ``label``, ``scene_id`` and ``object_id`` (indices into the
     attribute vocabularies, -1 when missing; one object is drawn per image per epoch from its list) and
-    ``index``. Randomness (augmentation, the object draw) comes from a generator seeded by (seed, epoch,
-    index), so it does not depend on worker processes and is reproduced on resume. An unreadable image gives
+    ``index``; with ``diffusion_size`` R also ``diffusion_pixels`` (3, R, R) in [-1, 1] (shortest-side resize and
+    centre crop, the view a diffusion model's VAE encodes). Randomness (augmentation, the object draw) comes
+    from a generator seeded by (seed, epoch, index), so it does not depend on worker processes and is
+    reproduced on resume. An unreadable image gives
     ``{"bad": message, "index": index}`` with ``on_bad_image="skip"`` (:func:`collate` drops and counts it),
     or raises.
     """
@@ -364,9 +366,11 @@ class EmotionImageDataset(torch.utils.data.Dataset):
         object_vocab: list[str] | None = None,
         seed: int = 0,
         on_bad_image: str = "skip",
+        diffusion_size: int | None = None,
     ) -> None:
         self.samples = samples
         self.transform = transform
+        self.diffusion_view = ClipTransform(diffusion_size) if diffusion_size else None
         self.scene_index = {n: i for i, n in enumerate(scene_vocab or [])}
         self.object_index = {n: i for i, n in enumerate(object_vocab or [])}
         self.seed, self.epoch, self.on_bad_image = seed, 0, on_bad_image
@@ -389,13 +393,22 @@ class EmotionImageDataset(torch.utils.data.Dataset):
                 raise
             return {"bad": str(err), "index": index}
         objects = [self.object_index[o] for o in sample.objects if o in self.object_index]
-        return {
+        item = {
             "pixel_values": self.transform(image, rng),
             "label": sample.label,
             "scene_id": self.scene_index.get(sample.scene, -1) if sample.scene else -1,
             "object_id": objects[int(rng.integers(len(objects)))] if objects else -1,
             "index": index,
         }
+        if self.diffusion_view is not None:
+            item["diffusion_pixels"] = to_signed_tensor(self.diffusion_view.view(image))
+        return item
+
+
+def to_signed_tensor(image: Any) -> torch.Tensor:
+    """A PIL RGB image → (3, H, W) float tensor in [-1, 1] (what a Stable Diffusion VAE encodes)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -404,6 +417,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {"bad": [(it["index"], it["bad"]) for it in items if "bad" in it]}
     if good:
         batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
+        if "diffusion_pixels" in good[0]:
+            batch["diffusion_pixels"] = torch.stack([it["diffusion_pixels"] for it in good])
         for key in ("label", "scene_id", "object_id", "index"):
             batch[key] = torch.tensor([it[key] for it in good], dtype=torch.long)
     return batch

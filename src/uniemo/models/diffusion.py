@@ -15,9 +15,73 @@ import torch
 import torch.nn.functional as F
 
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
-from uniemo.models.factory import check_tokenizer, clip_tokenizer, from_pretrained_or_explain
+from uniemo.errors import CheckpointError
+from uniemo.models.factory import STANDIN, check_tokenizer, clip_tokenizer, from_pretrained_or_explain, resolve_spec
 
 TINY_SD = "tiny-sd"
+TINY_SDXL = "tiny-sdxl"
+
+
+def _tiny_text_encoder(width: int, projection: bool = False) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=width,
+        **CLIP_SPECIAL_TOKEN_IDS,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def tiny_stable_diffusion_xl(seed: int = 0, image_size: int = 32) -> Any:
+    """A ``StableDiffusionXLPipeline`` of the real classes at toy size, randomly initialised (tests): two text
+    encoders of different widths (32 and 48, like SDXL's 768 and 1280), pooled embeddings and time ids."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=image_size // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32 + 48,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 48,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(32, 64),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=image_size,
+        )
+        text_encoder, text_encoder_2 = _tiny_text_encoder(32), _tiny_text_encoder(48, projection=True)
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
 
 
 def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
@@ -27,7 +91,6 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     CLIPTextModel with CLIP's real tokenizer, and a DDPM scheduler.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -53,17 +116,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
             norm_num_groups=8,
             sample_size=image_size,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=CLIP_VOCAB_SIZE,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                **CLIP_SPECIAL_TOKEN_IDS,
-            )
-        )
+        text_encoder = _tiny_text_encoder(32)
     scheduler = DDPMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
     )
@@ -80,29 +133,36 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
 
 
 def load_stable_diffusion(spec: str, seed: int = 0) -> Any:
-    """A ``StableDiffusionPipeline`` from a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``), a local
-    directory in diffusers' layout, or ``tiny-sd`` (random init).
+    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` from a hub id
+    (``stable-diffusion-v1-5/stable-diffusion-v1-5``, ``stabilityai/stable-diffusion-xl-base-1.0``), a local
+    directory in diffusers' layout, ``uniemo-standin`` (the shipped stand-in), or ``tiny-sd`` / ``tiny-sdxl``
+    (random init). Weights are read as float32 (cast later for mixed precision).
 
     Raises:
-        CheckpointError: nothing loadable there, with what to do instead.
+        CheckpointError: nothing loadable there, or a pipeline that is not Stable Diffusion.
     """
     if spec == TINY_SD:
         return tiny_stable_diffusion(seed)
-    from diffusers import StableDiffusionPipeline
+    if spec == TINY_SDXL:
+        return tiny_stable_diffusion_xl(seed)
+    from diffusers import DiffusionPipeline
 
+    path = resolve_spec(spec, "sd")
     instead = (
         "a local directory in diffusers' layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
-        f"scheduler/), a hub id in the local Hugging Face cache, or '{TINY_SD}'"
+        f"scheduler/), a hub id in the local Hugging Face cache, '{STANDIN}', '{TINY_SD}' or '{TINY_SDXL}'"
     )
     pipe = from_pretrained_or_explain(
-        StableDiffusionPipeline,
-        spec,
-        "a Stable Diffusion pipeline",
-        instead,
-        safety_checker=None,
-        requires_safety_checker=False,
+        DiffusionPipeline, path, "a Stable Diffusion pipeline", instead, dtype=torch.float32
     )
+    name = type(pipe).__name__
+    if name not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise CheckpointError(f"'{spec}' is a {name}; uniemo conditions StableDiffusionPipeline or SDXL only")
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None  # generated images are checked by the user's own policy (README)
     check_tokenizer(pipe.tokenizer, spec)
+    if getattr(pipe, "tokenizer_2", None) is not None:
+        check_tokenizer(pipe.tokenizer_2, spec)
     return pipe
 
 
@@ -112,6 +172,7 @@ def diffusion_loss(
     latents: torch.Tensor,
     context: torch.Tensor,
     generator: torch.Generator | None = None,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """L(θ): MSE between the UNet's prediction and its target, at uniformly drawn timesteps.
 
@@ -123,6 +184,7 @@ def diffusion_loss(
         latents: (B, C, h, h) scaled VAE latents of the training images.
         context: (B, L, d_c) the text encoder's output, the UNet's cross-attention context.
         generator: draws the noise and the timesteps (reproducible when seeded).
+        added_cond_kwargs: SDXL's ``text_embeds`` (pooled) and ``time_ids``.
     """
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
     steps = scheduler.config.num_train_timesteps
@@ -135,5 +197,6 @@ def diffusion_loss(
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
-    prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample  # (B, C, h, h)
+    extra = {"added_cond_kwargs": added_cond_kwargs} if added_cond_kwargs is not None else {}
+    prediction = unet(noisy, timesteps, encoder_hidden_states=context, **extra).sample  # (B, C, h, h)
     return F.mse_loss(prediction.float(), target.float())

@@ -30,6 +30,21 @@ _CONFIG_PACKAGE = "uniemo.models.model_configs"
 _BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
+#: The stand-in pretrained models trained by ``uniemo train base`` and shipped in ``uniemo/assets/standin``:
+#: as a CLIP spec it is the ``clip/`` directory, as a Stable Diffusion spec the ``sd/`` directory.
+STANDIN = "uniemo-standin"
+
+
+def standin_path(part: str = "") -> Path:
+    """The shipped stand-in's directory (``part``: ``clip`` or ``sd``)."""
+    return Path(str(resources.files("uniemo.assets").joinpath("standin"))) / part
+
+
+def resolve_spec(spec: str, part: str) -> str:
+    """``uniemo-standin`` → the shipped stand-in's ``part`` directory; any other spec unchanged."""
+    return str(standin_path(part)) if spec == STANDIN else spec
+
+
 def list_architectures() -> list[str]:
     """Names of the built-in CLIP architectures (random init), e.g. ``tiny-clip``."""
     files = resources.files(_CONFIG_PACKAGE).iterdir()
@@ -80,7 +95,10 @@ def _from_pretrained(cls: Any, spec: str, what: str) -> Any:
         "a local directory holding a CLIP checkpoint (config.json and weights), a hub id that is in the local "
         f"Hugging Face cache, or one of the built-in architectures: {', '.join(list_architectures())}"
     )
-    return from_pretrained_or_explain(cls, spec, f"the {what}", instead)
+    if cls.__name__.endswith("Tokenizer"):
+        return from_pretrained_or_explain(cls, resolve_spec(spec, "clip"), f"the {what}", instead)
+    # float32 whatever the stored precision (the stand-in is stored in float16 to stay small).
+    return from_pretrained_or_explain(cls, resolve_spec(spec, "clip"), f"the {what}", instead, dtype=torch.float32)
 
 
 def load_clip_vision(spec: str, seed: int = 0) -> Any:
@@ -163,6 +181,20 @@ def clip_tokenizer() -> Any:
     tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
     check_tokenizer(tokenizer, "the shipped CLIP vocabulary")
     return tokenizer
+
+
+def save_clip_tokenizer(directory: str | Path) -> None:
+    """Writes CLIP's tokenizer as ``vocab.json`` + ``merges.txt`` (1.5 MB; ``tokenizer.json`` would be 3.5 MB).
+
+    ``CLIPTokenizer.from_pretrained(directory)`` reads it back with the same 49,408 tokens and ids.
+    """
+    directory = Path(directory)
+    clip_tokenizer().save_pretrained(directory)
+    (directory / "tokenizer.json").unlink(missing_ok=True)
+    vocab, merges = _clip_vocab()
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2", *(" ".join(m) for m in merges)]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @torch.no_grad()

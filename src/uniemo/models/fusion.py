@@ -254,6 +254,11 @@ class PlaceholderInjector:
         embeddings = text_encoder.get_input_embeddings()
         if embeddings.num_embeddings <= self.token_id:
             text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        # Checkpoints with the legacy eos_token_id 2 (SDXL's second encoder, older CLIP configs) pool at the
+        # highest token id, which is now the placeholder: pool at the real end-of-text token instead.
+        for module in text_encoder.modules():
+            if getattr(module, "eos_token_id", None) == 2:
+                module.eos_token_id = tokenizer.eos_token_id
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """(B, L) token ids, padded to the tokenizer's maximum length; each prompt holds the placeholder once.

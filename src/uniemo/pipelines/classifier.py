@@ -28,6 +28,7 @@ from uniemo.errors import CheckpointError
 from uniemo.models.understanding import ExpertQueryCLIP, UnderstandingOutput
 
 KIND = "understanding"
+JOINT_KIND = "uniemo"  # stage-2 checkpoints (uniemo.train.joint)
 
 
 @dataclass
@@ -92,12 +93,14 @@ class EmotionClassifier:
             CheckpointError: missing files, another kind or architecture, or pickle weights.
         """
         directory = resolve_checkpoint(path)
-        meta = read_meta(directory, KIND)
+        meta = read_meta(directory, (KIND, JOINT_KIND))
+        joint = meta["kind"] == JOINT_KIND  # a stage-2 checkpoint holds the (jointly trained) understanding model
         try:
-            model = ExpertQueryCLIP.from_architecture(meta["architecture"])
+            arch = meta["architecture"]["understanding"] if joint else meta["architecture"]
+            model = ExpertQueryCLIP.from_architecture(arch)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{directory}/model.json does not describe a valid model ({err})") from None
-        load_weights(directory, model)
+        load_weights(directory, model, prefix="understanding." if joint else "")
         return cls(
             model.to(device), list(meta["classes"]), meta.get("scene_vocab", []), meta.get("object_vocab", []), meta
         )

@@ -82,17 +82,17 @@ class TrainSummary:
     main_process: bool = True
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_dict(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
 
 
-def _param_groups(model: ExpertQueryCLIP, cfg: UnderstandingRunConfig) -> list[dict[str, Any]]:
+def param_groups(model: ExpertQueryCLIP, cfg: Any) -> list[dict[str, Any]]:
     """Backbone at lr × backbone_lr_scale, new modules at lr; no weight decay on queries, β, norms, biases."""
     backbone = {id(p) for p in model.backbone_parameters()}
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
@@ -112,7 +112,7 @@ def _param_groups(model: ExpertQueryCLIP, cfg: UnderstandingRunConfig) -> list[d
     ]
 
 
-def _cosine_with_warmup(total: int, warmup: int):
+def cosine_with_warmup(total: int, warmup: int):
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -122,9 +122,10 @@ def _cosine_with_warmup(total: int, warmup: int):
     return factor
 
 
-def _check_resumable(saved_yaml: Path, cfg: UnderstandingRunConfig) -> None:
-    saved = _flat(config_to_dict(load_config(saved_yaml)))
-    now = _flat(config_to_dict(cfg))
+def check_resumable(saved_yaml: Path, cfg: Any) -> None:
+    """Refuses to resume with a config that changes the run (other than :data:`_RESUMABLE_CHANGES`)."""
+    saved = flat_dict(config_to_dict(load_config(saved_yaml, cls=type(cfg))))
+    now = flat_dict(config_to_dict(cfg))
     changed = sorted(k for k in now if now[k] != saved.get(k) and k not in _RESUMABLE_CHANGES)
     if changed:
         raise ConfigError(
@@ -179,7 +180,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     if not resume and (last_dir.exists() or (out_dir / "best").exists()):
         raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another output_dir")
     if resume:
-        _check_resumable(last_dir / CONFIG_FILE, cfg)
+        check_resumable(last_dir / CONFIG_FILE, cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -250,9 +251,9 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     eval_every = cfg.eval_every or steps_per_epoch
     save_every = cfg.save_every or eval_every
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
     warmup = int(cfg.optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
     # accelerate gives each process its own micro-batches of the shuffled order.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
@@ -273,7 +274,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
             "resuming at step %d (epoch %d, batch %d)", counters["step"], counters["epoch"], counters["batch_in_epoch"]
         )
 
-    config_yaml = _yaml(cfg)
+    config_yaml = config_yaml_text(cfg)
     meta_extra = {
         "dataset": {
             "root": str(dataset.root),
@@ -290,7 +291,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.init_trackers("understanding", config=_flat(config_to_dict(cfg)))
+        accelerator.init_trackers("understanding", config=flat_dict(config_to_dict(cfg)))
         logger.info(
             "stage 1: %d train / %d val images, %d classes, %s (%s), %d steps of batch %d (%d per epoch)",
             len(train_set),
@@ -321,7 +322,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
             report = classification_report(probs.argmax(1), labels, list(dataset.classes))
             accuracy = report.accuracy
             accelerator.log({"val/accuracy": accuracy}, step=counters["step"])
-            _append_jsonl(out_dir / "metrics.jsonl", {"step": counters["step"], "val_accuracy": accuracy})
+            append_jsonl(out_dir / "metrics.jsonl", {"step": counters["step"], "val_accuracy": accuracy})
             if accuracy > counters["best_val_accuracy"]:
                 counters["best_val_accuracy"], counters["best_step"] = accuracy, counters["step"]
                 with atomic_directory(out_dir / "best") as tmp:
@@ -347,6 +348,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     temperature = cfg.model.temperature
     weights = cfg.loss
     running: dict[str, float] = {}
+    synced_batch = counters["batch_in_epoch"]
     try:
         while counters["step"] < total_steps:
             # Resuming mid-epoch: the sampler leaves out the micro-batches of all processes already trained on.
@@ -410,6 +412,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                 if not accelerator.sync_gradients:
                     continue
                 counters["step"] += 1
+                synced_batch = counters["batch_in_epoch"]  # an interruption resumes after this batch
                 bar.update(1)
                 step = counters["step"]
                 if step % cfg.log_every == 0 or step == total_steps:
@@ -430,9 +433,10 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                     break
             else:
                 counters["epoch"] += 1
-                counters["batch_in_epoch"] = 0
+                counters["batch_in_epoch"] = synced_batch = 0
     except KeyboardInterrupt:
         bar.close()
+        counters["batch_in_epoch"] = synced_batch  # micro-batches after the last optimiser step are redone
         save_last()
         raise TrainingError(
             f"interrupted at step {counters['step']}; the state is saved in {last_dir}: add --resume to continue"
@@ -462,12 +466,12 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     return summary
 
 
-def _yaml(cfg: UnderstandingRunConfig) -> str:
+def config_yaml_text(cfg: Any) -> str:
     import yaml
 
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")

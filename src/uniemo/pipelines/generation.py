@@ -1,0 +1,340 @@
+"""Emotion-conditioned generation from a joint (stage-2) checkpoint: the four modes of METHOD §5.
+
+>>> pipe = UniEmoPipeline.from_pretrained("runs/joint")              # doctest: +SKIP
+>>> pipe("awe", num_images=4, seed=0).images                          # one emotion
+>>> pipe("fear", prompt="a bench").images                             # emotion transfer onto content
+>>> pipe({"amusement": 0.5, "awe": 0.5}).images                       # emotion fusion
+>>> pipe(reference="photo.jpg", prompt="a cup").images                # a reference image's feeling
+
+The condition c replaces a placeholder token's input embedding in the frozen text encoder(s); the images come
+from the diffusion model's own pipeline (any diffusers scheduler, classifier-free guidance, a negative prompt).
+The same arguments and seed give the same images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from uniemo.checkpoint import atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.data.images import load_image
+from uniemo.data.transforms import ClipTransform
+from uniemo.errors import CheckpointError, ConfigError
+from uniemo.models.diffusion import load_stable_diffusion
+from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+from uniemo.pipelines.classifier import JOINT_KIND
+
+#: Scheduler names accepted by ``scheduler=`` / ``--scheduler`` → diffusers class.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+_SAVED_DIFFUSION = "diffusion"  # save_pretrained(include_diffusion=True) puts the pipeline here
+
+
+@dataclass
+class GenerationOutput:
+    """Generated images and the settings that reproduce them (JSON-able)."""
+
+    images: list[Image.Image]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_emotion_weights(spec: str | Sequence[str] | Mapping[str, float], classes: Sequence[str]) -> dict[str, float]:
+    """``"awe"``, ``["amusement=0.5", "awe=0.5"]`` or ``{"awe": 1}`` → normalised weights per emotion.
+
+    Raises:
+        ConfigError: an unknown emotion, a weight that is not a non-negative number, or weights summing to 0.
+    """
+    if isinstance(spec, str):
+        spec = [spec]
+    items: list[tuple[str, Any]] = []
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        for entry in spec:
+            name, _, weight = str(entry).partition("=")
+            items.append((name.strip(), weight.strip() if weight else 1.0))
+    weights: dict[str, float] = {}
+    for name, weight in items:
+        if name not in classes:
+            raise ConfigError(f"unknown emotion '{name}'; this model knows: {', '.join(classes)}")
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise ConfigError(f"the weight of '{name}' must be a number, got {weight!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"the weight of '{name}' must be a finite number ≥ 0, got {weight!r}")
+        weights[name] = weights.get(name, 0.0) + value
+    total = sum(weights.values())
+    if not weights or total <= 0:
+        raise ConfigError("emotion weights must sum to a positive value (e.g. amusement=0.5 awe=0.5)")
+    return {name: w / total for name, w in weights.items() if w > 0}  # a zero weight leaves its emotion out
+
+
+class UniEmoPipeline:
+    """A joint checkpoint with its diffusion model, ready to generate.
+
+    Attributes:
+        model: the :class:`UniEmoModel` (understanding, mappers, priors, emotion space).
+        diffusion: the diffusers pipeline (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``).
+        encoder: the placeholder-aware :class:`PromptEncoder`.
+        classes: emotion names in index order.
+        meta: the checkpoint's ``model.json``.
+    """
+
+    def __init__(self, model: UniEmoModel, diffusion: Any, meta: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.diffusion = diffusion
+        self.meta = meta
+        self.encoder = PromptEncoder(diffusion, meta.get("placeholder", "<emotion>"))
+        self.classes: list[str] = list(meta["classes"])
+        self.resolution = int(meta.get("resolution", 512))
+        self.transform = ClipTransform(model.understanding.image_size)
+        self.diffusion.set_progress_bar_config(disable=True)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def placeholder(self) -> str:
+        return self.encoder.placeholder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        diffusion: str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> UniEmoPipeline:
+        """Loads a joint checkpoint (a run directory or its ``last/``) and the diffusion model it was trained with
+        (its own copy when saved with ``include_diffusion``, else the stored hub id or path; ``diffusion``
+        overrides both). ``dtype`` is the diffusion model's (``torch.float16`` on a GPU halves its memory); the
+        UniEmo model stays in float32.
+
+        Raises:
+            CheckpointError: not a finished joint checkpoint, another architecture, or no diffusion model.
+        """
+        directory = resolve_checkpoint(path)
+        meta = read_meta(directory, JOINT_KIND)
+        try:
+            model = UniEmoModel.from_architecture(meta["architecture"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}/model.json does not describe a valid UniEmo model ({err})") from None
+        load_weights(directory, model)
+        if diffusion is None:
+            saved = directory / _SAVED_DIFFUSION
+            diffusion = str(saved) if saved.is_dir() else meta["diffusion"]
+        pipe = load_stable_diffusion(diffusion, seed=int(meta.get("diffusion_seed", 0)))
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
+        pipeline = cls(model, pipe, meta)
+        if list(pipeline.encoder.condition_dims) != list(model.hparams["condition_dims"]):
+            raise CheckpointError(
+                f"the diffusion model '{diffusion}' takes conditions of width {pipeline.encoder.condition_dims}, "
+                f"the checkpoint's mappers give {model.hparams['condition_dims']}: it was trained for another one"
+            )
+        return pipeline.to(device)
+
+    def to(self, device: str | torch.device) -> UniEmoPipeline:
+        self.model.to(device)
+        self.diffusion.to(device)
+        return self
+
+    def save_pretrained(self, directory: str | Path, include_diffusion: bool = False) -> None:
+        """Writes a checkpoint that :meth:`from_pretrained` reads (atomically); ``include_diffusion`` also copies
+        the diffusion pipeline into it (large for real models; otherwise the stored hub id/path is used)."""
+        meta = {k: v for k, v in self.meta.items() if k != "format_version"}
+        with atomic_directory(directory) as tmp:
+            save_model(tmp, self.model, meta)
+            if include_diffusion:
+                self.diffusion.save_pretrained(tmp / _SAVED_DIFFUSION)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _require_space(self) -> None:
+        if not self.model.has_emotion_space():
+            raise CheckpointError(
+                "this checkpoint has no emotion space: joint training did not finish (finish it with --resume); "
+                "a reference image still works"
+            )
+
+    @torch.no_grad()
+    def emotion_conditions(self, weights: Mapping[str, float], num_images: int, seed: int) -> torch.Tensor:
+        """c for each image (N, Σ d_c): per image, one sample of the emotion space per weighted emotion
+        (generator seeded by seed + image index), fused as Σ w_k c_k."""
+        self._require_space()
+        names = list(weights)
+        ids = torch.tensor([self.classes.index(n) for n in names], device=self.device)
+        w = torch.tensor([weights[n] for n in names], device=self.device)
+        out = []
+        for i in range(num_images):
+            # The same draw for every emotion of the mix (a generator per emotion, seeded alike), so weights
+            # (1, 0) give exactly the single emotion's image and intermediate weights move between them.
+            parts = []
+            for k in ids.cpu():
+                feats = self.model.sample_features(k.view(1), torch.Generator().manual_seed(seed + i))
+                parts.append({name: v.to(self.device) for name, v in feats.items()})
+            feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}  # each (E, D)
+            conditions = self.model.condition(feats, ids)  # (E, Σ d_c)
+            out.append(w @ conditions)
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def reference_condition(self, image: Image.Image | str | Path) -> tuple[torch.Tensor, str]:
+        """c (1, Σ d_c) from a reference image's own (cls, s, o); α for the emotion the model reads in it."""
+        pil = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
+        out = self.model.understanding(self.transform(pil).unsqueeze(0).to(self.device))
+        emotion = out.logits.argmax(-1)
+        feats = {"cls": out.cls, "scene": out.scene, "object": out.object}
+        return self.model.condition(feats, emotion), self.classes[int(emotion)]
+
+    @contextlib.contextmanager
+    def _scheduler(self, name: str | None) -> Iterator[None]:
+        original = self.diffusion.scheduler
+        if name is not None:
+            if name not in SCHEDULERS:
+                raise ConfigError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
+            import diffusers
+
+            extra = {"skip_prk_steps": True} if name == "pndm" else {}  # PLMS, as Stable Diffusion ships it
+            self.diffusion.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config, **extra)
+        try:
+            yield
+        finally:
+            self.diffusion.scheduler = original
+
+    def prompt_for(self, prompt: str | None) -> str:
+        """The prompt the text encoder sees: the training template without content, else ``"<content>, <ph>"``
+        (a prompt that already holds the placeholder is kept as it is).
+
+        Raises:
+            ConfigError: the placeholder would not be in the encoded prompt exactly once (too long, or repeated).
+        """
+        if not prompt:
+            text = self.meta.get("template", "{}").format(self.placeholder)
+        else:
+            text = prompt if self.placeholder in prompt else f"{prompt}, {self.placeholder}"
+        try:
+            for injector in self.encoder.injectors:
+                injector.tokenize([text])
+        except ValueError:
+            raise ConfigError(
+                f"the prompt must leave room for {self.placeholder} (77 tokens in all) and hold it at most once: "
+                f"{prompt!r}"
+            ) from None
+        return text
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        emotion: str | Sequence[str] | Mapping[str, float] | None = None,
+        prompt: str | None = None,
+        reference: Image.Image | str | Path | None = None,
+        num_images: int = 1,
+        steps: int = 25,
+        guidance: float = 7.5,
+        scheduler: str | None = None,
+        seed: int = 0,
+        negative_prompt: str = "",
+        batch_size: int = 8,
+        size: int | None = None,
+    ) -> GenerationOutput:
+        """Generates ``num_images`` images.
+
+        Args:
+            emotion: one emotion, several with weights (``["amusement=0.5", "awe=0.5"]`` or a dict), or None
+                with ``reference``.
+            prompt: content to transfer the emotion onto (``"a bench"``); None generates the emotion alone.
+            reference: an image whose feeling (its own cls, s, o) conditions the images instead of an emotion.
+            steps / guidance / scheduler / negative_prompt: sampling settings (scheduler: :data:`SCHEDULERS`).
+            seed: images i use seed + i, for the emotion-space sample and for the initial noise.
+            size: image side; default the training resolution.
+
+        Raises:
+            ConfigError: neither or both of ``emotion`` and ``reference``, unknown names, bad weights or values.
+        """
+        if (emotion is None) == (reference is None):
+            raise ConfigError("give an emotion (or weighted emotions) or a reference image, not both or neither")
+        if num_images < 1 or steps < 1 or guidance < 0:
+            raise ConfigError("num_images and steps must be ≥ 1 and guidance ≥ 0")
+        settings: dict[str, Any] = {
+            "prompt": prompt,
+            "num_images": num_images,
+            "steps": steps,
+            "guidance": guidance,
+            "scheduler": scheduler or type(self.diffusion.scheduler).__name__,
+            "seed": seed,
+            "negative_prompt": negative_prompt,
+        }
+        if reference is not None:
+            condition, read = self.reference_condition(reference)
+            conditions = condition.expand(num_images, -1)
+            settings.update(reference=str(reference) if isinstance(reference, (str, Path)) else "<image>", read=read)
+        else:
+            weights = parse_emotion_weights(emotion, self.classes)
+            conditions = self.emotion_conditions(weights, num_images, seed)
+            settings["emotions"] = weights
+        text = self.prompt_for(prompt)
+        settings["text"] = text
+        side = size or self.resolution
+        settings["size"] = side
+        images: list[Image.Image] = []
+        with self._scheduler(scheduler):
+            for start in range(0, num_images, batch_size):
+                chunk = conditions[start : start + batch_size]
+                n = len(chunk)
+                positive = self.encoder.encode([text] * n, chunk)
+                negative = self.encoder.encode([negative_prompt] * n)
+                if (
+                    self.encoder.is_xl
+                    and not negative_prompt
+                    and self.diffusion.config.get("force_zeros_for_empty_prompt")
+                ):
+                    negative = {k: torch.zeros_like(v) for k, v in negative.items()}  # as SDXL itself does
+                kwargs = {
+                    "prompt_embeds": positive["prompt_embeds"],
+                    "negative_prompt_embeds": negative["prompt_embeds"],
+                }
+                if self.encoder.is_xl:
+                    kwargs["pooled_prompt_embeds"] = positive["pooled_prompt_embeds"]
+                    kwargs["negative_pooled_prompt_embeds"] = negative["pooled_prompt_embeds"]
+                generators = [torch.Generator(self.device).manual_seed(seed + start + i + 1_000_000) for i in range(n)]
+                result = self.diffusion(
+                    **kwargs,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=generators,
+                    height=side,
+                    width=side,
+                    output_type="pil",
+                )
+                images.extend(result.images)
+        return GenerationOutput(images, settings)
+
+
+def save_generation(output: GenerationOutput, out_dir: str | Path, stem: str = "image") -> list[Path]:
+    """Writes ``<stem>_NNN.png`` and ``settings.json`` into ``out_dir``; returns the image paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(output.images):
+        path = out / f"{stem}_{i:03d}.png"
+        image.save(path)
+        paths.append(path)
+    settings = {**output.settings, "files": [p.name for p in paths]}
+    (out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+    return paths

@@ -1,0 +1,393 @@
+"""`uniemo train base`: pre-trains the stand-in CLIP and Stable Diffusion on the built-in dataset.
+
+No pretrained CLIP or Stable Diffusion can be downloaded here, so the project trains tiny models **of the real
+architectures** and saves them in the real layouts, so that every later stage loads them exactly as it would
+load ``openai/clip-vit-base-patch32`` or ``stable-diffusion-v1-5/stable-diffusion-v1-5``:
+
+* ``clip/``: a ``CLIPModel`` (vision tower of the ``tiny-clip`` architecture, a narrow text tower, CLIP's real
+  BPE tokenizer) trained contrastively on image–caption pairs, so images, scene names and object names share one
+  space (METHOD §3's prior needs it);
+* ``sd/``: a ``StableDiffusionPipeline`` directory: an ``AutoencoderKL`` trained on reconstruction, the stand-in
+  CLIP's text encoder (frozen, as in Stable Diffusion), a ``UNet2DConditionModel`` trained on latents with the
+  captions as context (10 % empty captions for classifier-free guidance), a DDPM scheduler.
+
+Captions name the scene, the object(s) and the colour palette (``"a stormy beach with a balloon"``), **never the
+emotion**: in generated images the emotion can only come from UniEmo's placeholder, which is what the stand-in
+exists to test. (The palette words describe light and colour as real captions do; without them the UNet would
+learn colour as unconditional noise that no text could steer.)
+
+Weights are stored in float16 (so that the shipped copy stays under 20 MB); the loaders read them as float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from uniemo.checkpoint import atomic_directory
+from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
+from uniemo.data.datasets import open_dataset
+from uniemo.data.images import load_image
+from uniemo.data.transforms import ClipTransform
+from uniemo.errors import CheckpointError, DataError
+from uniemo.models.factory import architecture_config, clip_tokenizer, save_clip_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseConfig:
+    """Recipe of the stand-in models (the defaults are the shipped stand-in's)."""
+
+    seed: int = 0
+    image_size: int = 32  # diffusion resolution (latents at half of it)
+    clip_steps: int = 1200
+    clip_batch: int = 64
+    clip_lr: float = 5e-4
+    text_width: int = 32
+    vae_steps: int = 1000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 4000
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    caption_dropout: float = 0.1
+    threads: int = 0
+    init: str | None = None  # continue from this stand-in: keep its CLIP and VAE, train its UNet unet_steps more
+
+
+def caption_of(scene: str | None, objects: tuple[str, ...], palette: str | None) -> str:
+    """The caption of a built-in image: palette, scene and objects; never the emotion."""
+    head = " ".join(x for x in (palette, scene) if x) or "scene"
+    article = "an" if head[0] in "aeiou" else "a"
+    text = f"{article} {head}"
+    if objects:
+        text += " with a " + " and a ".join(objects)
+    return text
+
+
+def _read_captions(root: Path, split: str) -> tuple[list[Path], list[str], list[tuple[str | None, tuple, str | None]]]:
+    dataset = open_dataset(root, "emoset")
+    samples = dataset.split(split)
+    paths, captions, parts = [], [], []
+    entries = json.loads((root / f"{split}.json").read_text())
+    if len(entries) != len(samples):
+        raise DataError(f"{root}/{split}.json has entries without images; `train base` needs the built-in dataset")
+    for entry, sample in zip(entries, samples):
+        palette = None
+        ann_path = next((root / x for x in entry[1:] if str(x).endswith(".json")), None)
+        if ann_path is not None and ann_path.is_file():
+            palette = json.loads(ann_path.read_text()).get("palette")
+        paths.append(sample.path)
+        parts.append((sample.scene, sample.objects, palette))
+        captions.append(caption_of(sample.scene, sample.objects, palette))
+    if not any(p[0] or p[1] for p in parts):
+        raise DataError(f"{root}: no scene or object annotations to caption; `train base` needs EmoSet-style ones")
+    return paths, captions, parts
+
+
+def _partial_caption(parts: tuple, rng: np.random.Generator) -> str:
+    """The caption with each of palette / scene / objects dropped with probability ¼ (one always kept)."""
+    scene, objects, palette = parts
+    keep = rng.random(3) >= 0.25
+    if not keep.any():
+        keep[rng.integers(3)] = True
+    return caption_of(scene if keep[1] else None, objects if keep[2] else (), palette if keep[0] else None)
+
+
+def stand_in_clip(cfg: BaseConfig) -> Any:
+    """A random ``CLIPModel``: the ``tiny-clip`` vision tower and a text tower of width ``cfg.text_width``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    vision = architecture_config("tiny-clip").vision_config.to_dict()
+    w = cfg.text_width
+    text = dict(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=w,
+        intermediate_size=4 * w,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        **CLIP_SPECIAL_TOKEN_IDS,
+    )
+    vision["projection_dim"] = text["projection_dim"] = 64
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return CLIPModel(config)
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _adamw(params: Any, lr: float, total: int, warmup: int = 100) -> tuple[Any, Any]:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total, min(warmup, total // 10 + 1)))
+    return opt, sched
+
+
+def _log(what: str, step: int, total: int, loss: float, start: float) -> None:
+    if step % 100 == 0 or step == total:
+        logger.info("%s step %d/%d loss %.4f (%.0f s)", what, step, total, loss, time.perf_counter() - start)
+
+
+def train_clip(cfg: BaseConfig, images: torch.Tensor, parts: list[tuple], tokenizer: Any) -> tuple[Any, dict]:
+    """Contrastive training of the stand-in CLIP on (image, partial caption) pairs."""
+    model = stand_in_clip(cfg)
+    model.train()
+    rng = np.random.default_rng(cfg.seed)
+    opt, sched = _adamw(model.parameters(), cfg.clip_lr, cfg.clip_steps)
+    start, loss = time.perf_counter(), torch.tensor(0.0)
+    for step in range(1, cfg.clip_steps + 1):
+        idx = rng.choice(len(images), size=min(cfg.clip_batch, len(images)), replace=False)
+        texts = [_partial_caption(parts[i], rng) for i in idx]
+        tokens = tokenizer(texts, padding=True, return_tensors="pt")
+        pixels = images[torch.from_numpy(idx)]
+        if rng.random() < 0.5:
+            pixels = pixels.flip(-1)
+        out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels)
+        loss = F.cross_entropy(out.logits_per_image, torch.arange(len(idx)))
+        loss = 0.5 * (loss + F.cross_entropy(out.logits_per_text, torch.arange(len(idx))))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        _log("clip", step, cfg.clip_steps, loss.item(), start)
+    model.eval()
+    return model, {
+        "steps": cfg.clip_steps,
+        "final_loss": round(loss.item(), 4),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def stand_in_vae(cfg: BaseConfig) -> Any:
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=16,
+            sample_size=cfg.image_size,
+        )
+
+
+def train_vae(cfg: BaseConfig, images: torch.Tensor) -> tuple[Any, dict]:
+    """Reconstruction (MSE + ½ L1) with a small KL term, images in [-1, 1]."""
+    vae = stand_in_vae(cfg)
+    vae.train()
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt, sched = _adamw(vae.parameters(), cfg.vae_lr, cfg.vae_steps)
+    start, loss = time.perf_counter(), torch.tensor(0.0)
+    for step in range(1, cfg.vae_steps + 1):
+        idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=gen)
+        x = images[idx]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        _log("vae", step, cfg.vae_steps, loss.item(), start)
+    vae.eval()
+    return vae, {"steps": cfg.vae_steps, "final_loss": round(loss.item(), 4), "seconds": time.perf_counter() - start}
+
+
+def stand_in_unet(cfg: BaseConfig) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 2)
+        return UNet2DConditionModel(
+            sample_size=cfg.image_size // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(48, 96),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=cfg.text_width,
+            attention_head_dim=8,
+            norm_num_groups=16,
+        )
+
+
+def stand_in_scheduler() -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
+    )
+
+
+def train_unet(
+    cfg: BaseConfig,
+    latents: torch.Tensor,
+    contexts: torch.Tensor,
+    caption_index: torch.Tensor,
+    empty: int,
+    unet: Any = None,
+) -> tuple[Any, dict]:
+    """Latent denoising (ε) with the frozen text encoder's outputs as context; captions dropped at random.
+    ``unet`` continues an earlier UNet instead of a new one."""
+    unet = unet if unet is not None else stand_in_unet(cfg)
+    unet.train()
+    scheduler = stand_in_scheduler()
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    opt, sched = _adamw(unet.parameters(), cfg.unet_lr, cfg.unet_steps, warmup=200)
+    start, loss = time.perf_counter(), torch.tensor(0.0)
+    for step in range(1, cfg.unet_steps + 1):
+        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
+        x0 = latents[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        which = caption_index[idx].clone()
+        which[torch.rand(len(idx), generator=gen) < cfg.caption_dropout] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=contexts[which]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        _log("unet", step, cfg.unet_steps, loss.item(), start)
+    unet.eval()
+    return unet, {"steps": cfg.unet_steps, "final_loss": round(loss.item(), 4), "seconds": time.perf_counter() - start}
+
+
+def _load_images(paths: list[Path], size: int) -> torch.Tensor:
+    """(N, 3, size, size) images in [-1, 1] (box-downsampled)."""
+    out = torch.empty(len(paths), 3, size, size)
+    for i, path in enumerate(paths):
+        image = load_image(path).resize((size, size), Image.Resampling.BOX)
+        out[i] = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return out
+
+
+def _save_half(model: Any, directory: Path) -> None:
+    model.to(torch.float16).save_pretrained(directory)
+    model.to(torch.float32)
+
+
+def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None) -> dict[str, Any]:
+    """Trains and saves the stand-in CLIP (``out/clip``) and Stable Diffusion (``out/sd``); returns the recipe
+    and timings (also written to ``out/training.json``)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    cfg = cfg or BaseConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    root = Path(data)
+    torch.manual_seed(cfg.seed)
+    paths, captions, parts = _read_captions(root, "train")
+    logger.info("%d training images from %s", len(paths), root)
+    tokenizer = clip_tokenizer()
+    images = _load_images(paths, cfg.image_size)
+    unet_init, earlier = None, {}
+    if cfg.init:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPModel
+
+        init = Path(cfg.init)
+        if not all((init / part).exists() for part in ("training.json", "clip", "sd/vae", "sd/unet")):
+            raise CheckpointError(
+                f"{init} is not a stand-in written by `uniemo train base` (training.json, clip/, sd/)"
+            )
+        earlier = json.loads((init / "training.json").read_text())
+        clip = CLIPModel.from_pretrained(init / "clip", dtype=torch.float32).eval()
+        vae = AutoencoderKL.from_pretrained(init / "sd" / "vae", torch_dtype=torch.float32).eval()
+        unet_init = UNet2DConditionModel.from_pretrained(init / "sd" / "unet", torch_dtype=torch.float32)
+        clip_info, vae_info = earlier["clip"], earlier["vae"]
+        scaling = float(vae.config.scaling_factor)
+        with torch.no_grad():
+            raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+    else:
+        clip_size = architecture_config("tiny-clip").vision_config.image_size
+        transform = ClipTransform(clip_size)
+        clip_images = torch.stack([transform(load_image(p)) for p in paths])
+        clip, clip_info = train_clip(cfg, clip_images, parts, tokenizer)
+        del clip_images
+        vae, vae_info = train_vae(cfg, images)
+        with torch.no_grad():
+            raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+        scaling = float(1.0 / raw.std())
+        vae.register_to_config(scaling_factor=scaling)
+    latents = raw * scaling
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    text_encoder.eval().requires_grad_(False)
+    unique = sorted(set(captions)) + [""]
+    lookup = {c: i for i, c in enumerate(unique)}
+    with torch.no_grad():
+        ids = tokenizer(unique, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        contexts = torch.cat([text_encoder(input_ids=ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
+    caption_index = torch.tensor([lookup[c] for c in captions])
+    unet, unet_info = train_unet(cfg, latents, contexts, caption_index, lookup[""], unet_init)
+    if cfg.init:  # the whole history: earlier UNet phases first
+        unet_info = {
+            "steps": earlier["unet"]["steps"] + unet_info["steps"],
+            "final_loss": unet_info["final_loss"],
+            "seconds": earlier["unet"]["seconds"] + unet_info["seconds"],
+            "phases": [*earlier["unet"].get("phases", [earlier["recipe"]]), asdict(cfg)],
+        }
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=stand_in_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    info = {
+        "recipe": asdict(cfg),
+        "data": str(root),
+        "train_images": len(paths),
+        "captions": len(unique) - 1,
+        "vae_scaling_factor": scaling,
+        "clip": clip_info,
+        "vae": vae_info,
+        "unet": unet_info,
+        "torch_threads": torch.get_num_threads(),
+    }
+    with atomic_directory(out) as tmp:
+        _save_half(clip, tmp / "clip")
+        save_clip_tokenizer(tmp / "clip")
+        pipe.to(torch.float16)
+        pipe.save_pretrained(tmp / "sd")
+        pipe.to(torch.float32)
+        save_clip_tokenizer(tmp / "sd" / "tokenizer")
+        (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    logger.info("stand-in saved to %s", out)
+    return info

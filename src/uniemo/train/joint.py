@@ -1,0 +1,566 @@
+"""Stage 2: joint training of understanding and emotion-conditioned generation (METHOD §3–§5), with accelerate.
+
+Read top to bottom: set up → stage-1 model and data → frozen diffusion model → prior P(e|a) → accuracy before →
+optimiser → (resume) → loop (L_Joint = 0.3·L_U + 0.3·L_cond + 0.4·L(θ)) → emotion space → accuracy after.
+``last/`` is written atomically every ``save_every`` steps (and on Ctrl-C) with the optimiser, scheduler and RNG
+states, so ``--resume`` continues the same run; the finished model (with its emotion space) is ``last/`` with
+``"finished": true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from uniemo.checkpoint import (
+    CONFIG_FILE,
+    atomic_directory,
+    load_training_state,
+    load_weights,
+    recover_directory,
+    save_model,
+    save_training_state,
+)
+from uniemo.config import JointRunConfig, config_to_dict
+from uniemo.data.datasets import EmotionImageDataset, EpochSampler, collate, open_dataset
+from uniemo.data.transforms import ClipTransform
+from uniemo.errors import ConfigError, DataError
+from uniemo.losses import attribute_infonce, supervised_contrastive
+from uniemo.metrics.classification import classification_report
+from uniemo.models.diffusion import diffusion_loss, load_stable_diffusion
+from uniemo.models.factory import is_architecture_name, resolve_spec
+from uniemo.models.fusion import classifier_prior, cooccurrence_prior, emotion_space, train_prior_head
+from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
+from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
+from uniemo.train.understanding import (
+    TrainingError,
+    append_jsonl,
+    check_resumable,
+    config_yaml_text,
+    cosine_with_warmup,
+    flat_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JointSummary:
+    """What a stage-2 run reports.
+
+    Attributes:
+        accuracy_before / accuracy_after: test accuracy of the understanding model before and after joint
+            training (the implicit feedback, paper Fig. 8), on ``data.test_split``.
+        steps: optimiser steps in total; seconds / seconds_per_step: this invocation's loop.
+        losses: mean of each loss over the last ``log_every`` steps.
+        output_dir: the run directory; main_process: whether this process wrote the files.
+    """
+
+    accuracy_before: float
+    accuracy_after: float
+    steps: int
+    seconds: float
+    seconds_per_step: float
+    losses: dict[str, float] = field(default_factory=dict)
+    output_dir: str = ""
+    main_process: bool = True
+
+
+def spec_for_meta(spec: str) -> str:
+    """A diffusion/CLIP spec as stored in a checkpoint: local directories become absolute paths."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+@torch.no_grad()
+def dataset_features(model: UniEmoModel, dataset: EmotionImageDataset, batch_size: int = 64) -> dict[str, Any]:
+    """Eval-mode ``cls``/``scene``/``object`` features (N, D) and labels (N,) of a dataset (the emotion space)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
+    feats: dict[str, list[torch.Tensor]] = {"cls": [], "scene": [], "object": []}
+    labels = []
+    for batch in loader:
+        if "pixel_values" not in batch:
+            continue
+        out = model.understanding(batch["pixel_values"].to(device))
+        for name in feats:
+            value = getattr(out, name)
+            if value is not None:
+                feats[name].append(value.float().cpu())
+        labels.append(batch["label"])
+    model.train(was_training)
+    result = {name: torch.cat(chunks) for name, chunks in feats.items() if chunks}
+    return {"features": result, "labels": torch.cat(labels)}
+
+
+@torch.no_grad()
+def _clip_image_features(
+    spec: str, samples: list, device: Any, batch_size: int = 64
+) -> tuple[torch.Tensor, list[int]]:
+    """(N', d) L2-normalised projected CLIP image embeddings of the readable images, and their sample indices."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from uniemo.models.factory import from_pretrained_or_explain
+
+    model = from_pretrained_or_explain(
+        CLIPVisionModelWithProjection,
+        resolve_spec(spec, "clip"),
+        "the CLIP image tower of the prior",
+        "a CLIP checkpoint (hub id or directory) with both towers, or joint.prior=cooccurrence",
+        dtype=torch.float32,
+    ).eval()
+    model.to(device)
+    dataset = EmotionImageDataset(samples, ClipTransform(int(model.config.image_size)))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
+    chunks, indices = [], []
+    for batch in loader:
+        if "pixel_values" in batch:
+            embeds = model(pixel_values=batch["pixel_values"].to(device)).image_embeds
+            chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
+            indices.extend(batch["index"].tolist())
+    if not chunks:
+        raise DataError("no readable training image for the classifier prior")
+    return torch.cat(chunks), indices
+
+
+def compute_prior(
+    cfg: JointRunConfig,
+    model: UniEmoModel,
+    samples: list,
+    scene_vocab: list[str],
+    object_vocab: list[str],
+    text_spec: str,
+    device: Any = "cpu",
+    stage1_template: str = "{}",
+) -> str:
+    """Fills ``model.prior_scene`` / ``prior_object`` (P(e | a), rows sum to 1); returns what was used."""
+    k = model.understanding.num_classes
+    labels = [s.label for s in samples]
+    mode = cfg.joint.prior
+    spec = cfg.joint.prior_clip or text_spec
+    if mode == "classifier" and is_architecture_name(spec):
+        logger.warning(
+            "joint.prior=classifier needs a pretrained CLIP, but '%s' is a random architecture: using the "
+            "co-occurrence prior instead (set joint.prior_clip to a CLIP checkpoint)",
+            spec,
+        )
+        mode = "cooccurrence"
+    if mode == "cooccurrence":
+        s_index = {n: i for i, n in enumerate(scene_vocab)}
+        o_index = {n: i for i, n in enumerate(object_vocab)}
+        scene_ids = [[s_index[x.scene]] if x.scene in s_index else [] for x in samples]
+        object_ids = [[o_index[o] for o in x.objects if o in o_index] for x in samples]
+        model.prior_scene.copy_(cooccurrence_prior(scene_ids, labels, len(scene_vocab), k))
+        model.prior_object.copy_(cooccurrence_prior(object_ids, labels, len(object_vocab), k))
+        return "cooccurrence"
+    features, indices = _clip_image_features(spec, samples, device)
+    head = train_prior_head(
+        features, torch.tensor([labels[i] for i in indices]), k, epochs=cfg.joint.prior_epochs, seed=cfg.seed
+    )
+    u = model.understanding
+    scene_embeds, object_embeds = u.scene_vocab_embeds, u.object_vocab_embeds
+    if spec != text_spec:  # the names must be read in the prior CLIP's own space
+        from uniemo.models.factory import encode_texts, load_clip_text
+
+        text_model, tokenizer = load_clip_text(spec)
+        template = stage1_template
+        scene_embeds = encode_texts(text_model.eval(), tokenizer, [template.format(n) for n in scene_vocab])
+        object_embeds = encode_texts(text_model, tokenizer, [template.format(n) for n in object_vocab])
+    if len(scene_vocab):
+        model.prior_scene.copy_(classifier_prior(head, scene_embeds.cpu()))
+    if len(object_vocab):
+        model.prior_object.copy_(classifier_prior(head, object_embeds.cpu()))
+    return f"classifier ({spec})"
+
+
+def _param_groups(model: UniEmoModel, cfg: JointRunConfig) -> list[dict[str, Any]]:
+    o = cfg.optim
+    u = model.understanding
+    backbone = {id(p) for p in u.backbone_parameters()}
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, param in u.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim < 2 or name.endswith("_queries") or "norm" in name or "layrnorm" in name
+        groups.setdefault(("backbone" if id(param) in backbone else "understanding", no_decay), []).append(param)
+    for param in model.generation_parameters():
+        groups.setdefault(("mappers", param.ndim < 2), []).append(param)
+    lrs = {"backbone": o.lr * o.backbone_lr_scale, "understanding": o.lr, "mappers": cfg.joint.mapper_lr}
+    return [
+        {"params": params, "lr": lrs[which], "weight_decay": 0.0 if no_decay else o.weight_decay, "name": which}
+        for (which, no_decay), params in sorted(groups.items())
+    ]
+
+
+def _accuracy(model: UniEmoModel, dataset: EmotionImageDataset, classes: list[str], batch_size: int) -> float:
+    probs, labels, _, _ = predict_dataset(model.understanding, dataset, batch_size=batch_size)
+    if len(labels) == 0:
+        raise TrainingError("no readable image in the test split")
+    return classification_report(probs.argmax(1), labels, classes).accuracy
+
+
+def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> tuple[UniEmoModel, EmotionClassifier, Any, Any]:
+    """(UniEmoModel, the stage-1 classifier it starts from, the diffusion pipeline, its PromptEncoder)."""
+    j = cfg.joint
+    stage1 = EmotionClassifier.from_pretrained(j.understanding)
+    pipe = load_stable_diffusion(j.diffusion, seed=seed)
+    encoder = PromptEncoder(pipe, j.placeholder)
+    dim = stage1.model.vision.config.hidden_size
+    own_head = j.condition_loss == "ce" and sum(encoder.condition_dims) != dim
+    temperature = float(stage1.meta.get("extra", {}).get("temperature", 0.07))
+    model = UniEmoModel(stage1.model, encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature)
+    return model, stage1, pipe, encoder
+
+
+def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True) -> JointSummary:
+    """Runs stage 2 as configured and returns its :class:`JointSummary`.
+
+    Raises:
+        ConfigError / DataError / CheckpointError: bad configuration, data, stage-1 checkpoint or diffusion model.
+        TrainingError: a non-finite loss or an interruption (the state is saved in ``output_dir/last``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    j = cfg.joint
+    for key, value, example in (
+        ("output_dir", cfg.output_dir, "runs/joint"),
+        ("data.root", cfg.data.root, "/data/EmoSet-118K"),
+        ("joint.understanding", j.understanding, "runs/stage1"),
+    ):
+        if not value:
+            raise ConfigError(f"{key} is required (e.g. {key}={example})")
+    if j.template.count("{}") != 1:
+        raise ConfigError(f"joint.template must hold '{{}}' (where the placeholder goes) once, got {j.template!r}")
+    out_dir = Path(cfg.output_dir)
+    last_dir = recover_directory(out_dir / "last")
+    if resume and not (last_dir / "training_state.json").is_file():
+        raise ConfigError(f"nothing to resume: {last_dir} has no training state (start without --resume)")
+    if not resume and last_dir.exists():
+        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another output_dir")
+    if resume:
+        check_resumable(last_dir / CONFIG_FILE, cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+        log_with="tensorboard",
+        project_dir=str(out_dir / "logs"),
+        # without queries (query_mode none) M_S and M_O receive no gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(cfg.seed)
+    is_main = accelerator.is_main_process
+    device = accelerator.device
+
+    # ---- stage-1 model, diffusion model, data -----------------------------------------------------------------
+    model, stage1, pipe, encoder = build_joint_model(cfg, cfg.seed)
+    classes = stage1.classes
+    dataset = open_dataset(cfg.data.root, cfg.data.format, cfg.data.fold)
+    if list(dataset.classes) != classes:
+        raise ConfigError(
+            f"the dataset's classes ({', '.join(dataset.classes)}) differ from the stage-1 model's "
+            f"({', '.join(classes)}): joint training continues stage 1 on the same label set"
+        )
+    train_samples = dataset.split(cfg.data.train_split)[: cfg.data.max_train_samples]
+    test_samples = dataset.split(cfg.data.test_split)
+    scene_vocab, object_vocab = stage1.scene_vocab, stage1.object_vocab
+    u = model.understanding
+    transform = ClipTransform(u.image_size, augment=cfg.data.augment)
+    train_set = EmotionImageDataset(
+        train_samples, transform, scene_vocab, object_vocab, cfg.seed, cfg.data.on_bad_image, j.resolution
+    )
+    eval_transform = ClipTransform(u.image_size)
+    test_set = EmotionImageDataset(test_samples, eval_transform, on_bad_image=cfg.data.on_bad_image)
+    space_samples = _stratified(train_samples, j.space_max_images, len(classes))
+    space_set = EmotionImageDataset(space_samples, eval_transform, on_bad_image=cfg.data.on_bad_image)
+
+    vae, unet = pipe.vae, pipe.unet
+    # Training noise follows DDPM whatever sampler the pipeline ships (SDXL's Euler scheduler scales noise by σ).
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    for part in (vae, unet, *(inj.text_encoder for inj in encoder.injectors)):
+        part.requires_grad_(False).eval().to(device)
+        if weight_dtype != torch.float32:
+            part.to(dtype=weight_dtype)
+    scaling = float(vae.config.scaling_factor)
+
+    stage1_extra = stage1.meta.get("extra", {})
+    text_spec = stage1_extra.get("text_model") or stage1_extra.get("backbone") or ""
+    if cfg.optim.backbone_lr_scale == 0:
+        u.vision.requires_grad_(False)
+
+    per_step = cfg.optim.batch_size
+    divisor = accelerator.num_processes * cfg.optim.grad_accum_steps
+    if per_step % divisor:
+        raise ConfigError(f"optim.batch_size={per_step} must be divisible by processes × grad_accum_steps = {divisor}")
+    micro_batch = per_step // divisor
+    sampler = EpochSampler(len(train_set), seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=micro_batch,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+    )
+    steps_per_epoch = len(train_set) // (micro_batch * divisor)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the training split ({len(train_set)} images) is smaller than one batch ({per_step})")
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
+    save_every = cfg.save_every or total_steps
+
+    counters: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_images": 0}
+    model.to(device)
+    if not resume:
+        template = stage1_extra.get("attribute_template", "{}")
+        prior_used = compute_prior(cfg, model, train_samples, scene_vocab, object_vocab, text_spec, device, template)
+        counters["prior"] = prior_used
+        counters["accuracy_before"] = _accuracy(model, test_set, classes, micro_batch) if is_main else float("nan")
+        accelerator.wait_for_everyone()
+        if is_main:
+            logger.info(
+                "prior: %s; test accuracy before joint training %.2f%%", prior_used, 100 * counters["accuracy_before"]
+            )
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    warmup = int(cfg.optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
+    if resume:
+        load_weights(last_dir, model)
+        counters = load_training_state(last_dir, optimizer, scheduler)
+        logger.info("resuming at step %d (epoch %d)", counters["step"], counters["epoch"])
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    meta = {
+        "kind": JOINT_KIND,
+        "architecture": accelerator.unwrap_model(model).architecture(),
+        "classes": classes,
+        "scene_vocab": scene_vocab,
+        "object_vocab": object_vocab,
+        "diffusion": spec_for_meta(j.diffusion),
+        "diffusion_seed": cfg.seed,  # rebuilds the random tiny-sd / tiny-sdxl test models alike
+        "resolution": j.resolution,
+        "placeholder": j.placeholder,
+        "template": j.template,
+        "prior": counters["prior"],
+        "condition_loss": j.condition_loss,
+        "stage1": spec_for_meta(j.understanding),
+        "accuracy_before": counters["accuracy_before"],
+        "finished": False,
+        "extra": {"dataset": str(dataset.root), "temperature": model_temperature(accelerator.unwrap_model(model))},
+    }
+    config_yaml = config_yaml_text(cfg)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.init_trackers("joint", config=flat_dict(config_to_dict(cfg)))
+        logger.info(
+            "stage 2: %d train images, %s (%s), L_cond=%s, α=%s, %d steps of batch %d",
+            len(train_set),
+            j.diffusion,
+            "SDXL" if encoder.is_xl else "SD",
+            j.condition_loss,
+            j.alpha,
+            total_steps,
+            per_step,
+        )
+
+    def save_last(extra: dict[str, Any] | None = None) -> None:
+        if is_main:
+            with atomic_directory(last_dir) as tmp:
+                save_model(tmp, accelerator.unwrap_model(model), {**meta, **(extra or {})}, config_yaml)
+                save_training_state(tmp, optimizer, scheduler, counters)
+        accelerator.wait_for_everyone()
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    model.train()
+    bar = tqdm(total=total_steps, initial=counters["step"], desc="joint", disable=not (progress and is_main))
+    start_time, start_step = time.perf_counter(), counters["step"]
+    weights, running, last_logs = cfg.loss, {}, {}
+    prompt = j.template.format(j.placeholder)
+    synced_batch = counters["batch_in_epoch"]
+    try:
+        while counters["step"] < total_steps:
+            sampler.begin_epoch(
+                counters["epoch"], skip=counters["batch_in_epoch"] * micro_batch * accelerator.num_processes
+            )
+            train_set.begin_epoch(counters["epoch"])
+            for batch in loader:
+                counters["batch_in_epoch"] += 1
+                counters["skipped_images"] += len(batch["bad"])
+                if "pixel_values" not in batch:
+                    continue
+                # Diffusion noise and timesteps: one generator per (seed, step, process): a resumed run draws alike.
+                gen = torch.Generator().manual_seed(
+                    cfg.seed * 1_000_003
+                    + counters["batch_in_epoch"] * 7919
+                    + counters["epoch"] * 104_729
+                    + accelerator.process_index
+                )
+                with accelerator.accumulate(model):
+                    labels = batch["label"]
+                    out, condition = model(batch["pixel_values"], labels)
+                    parts = {}
+                    loss_u = weights.ce_weight * F.cross_entropy(
+                        out.logits.float(), labels, label_smoothing=weights.label_smoothing
+                    )
+                    parts["loss/ce"] = loss_u.detach() / max(weights.ce_weight, 1e-12)
+                    base = accelerator.unwrap_model(model).understanding
+                    for which, emb, ids, vocab, w in (
+                        ("scene", out.scene_embeds, batch["scene_id"], base.scene_vocab_embeds, weights.scene_weight),
+                        (
+                            "object",
+                            out.object_embeds,
+                            batch["object_id"],
+                            base.object_vocab_embeds,
+                            weights.object_weight,
+                        ),
+                    ):
+                        if emb is None or not len(vocab):
+                            continue
+                        term = attribute_infonce(emb, ids, vocab, model_temperature(accelerator.unwrap_model(model)))
+                        if term is not None:
+                            loss_u = loss_u + w * term
+                            parts[f"loss/{which}"] = term.detach()
+                    loss_cond = _condition_loss(accelerator.unwrap_model(model), condition, labels, j)
+                    with torch.no_grad():
+                        pixels = batch["diffusion_pixels"].to(device, dtype=weight_dtype)
+                        latents = vae.encode(pixels).latent_dist.sample(generator=gen) * scaling
+                    text = encoder.encode([prompt] * len(labels), condition.to(weight_dtype))
+                    added = None
+                    if encoder.is_xl:
+                        added = {
+                            "text_embeds": text["pooled_prompt_embeds"],
+                            "time_ids": sdxl_time_ids(len(labels), j.resolution, device, weight_dtype),
+                        }
+                    loss_theta = diffusion_loss(unet, noise_scheduler, latents, text["prompt_embeds"], gen, added)
+                    loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
+                    if loss_cond is not None:
+                        loss = loss + j.condition_weight * loss_cond
+                        parts["loss/cond"] = loss_cond.detach()
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"the loss became {loss.item()} at step {counters['step']} (the last good checkpoint "
+                            f"is in {last_dir}); lower optim.lr / joint.mapper_lr or use mixed_precision=no"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
+                    parts["loss/total"] = loss.detach()
+                for key, value in parts.items():
+                    running[key] = running.get(key, 0.0) + float(value)
+                running["_n"] = running.get("_n", 0.0) + 1
+                if not accelerator.sync_gradients:
+                    continue
+                counters["step"] += 1
+                synced_batch = counters["batch_in_epoch"]  # an interruption resumes after this batch
+                bar.update(1)
+                step = counters["step"]
+                if step % cfg.log_every == 0 or step == total_steps:
+                    n = running.pop("_n")
+                    last_logs = {k: v / n for k, v in running.items()}
+                    accelerator.log(last_logs, step=step)
+                    if is_main:
+                        append_jsonl(out_dir / "metrics.jsonl", {"step": step, **last_logs})
+                    bar.set_postfix(loss=f"{last_logs['loss/total']:.3f}", diff=f"{last_logs['loss/diffusion']:.3f}")
+                    running = {}
+                if cfg.eval_every and step % cfg.eval_every == 0 and is_main:
+                    acc = _accuracy(accelerator.unwrap_model(model), test_set, classes, micro_batch)
+                    append_jsonl(out_dir / "metrics.jsonl", {"step": step, "test_accuracy": acc})
+                    bar.write(f"step {step}: test accuracy {acc:.2%}")
+                if step % save_every == 0 and step < total_steps:
+                    save_last()
+                if step >= total_steps:
+                    break
+            else:
+                counters["epoch"] += 1
+                counters["batch_in_epoch"] = synced_batch = 0
+    except KeyboardInterrupt:
+        bar.close()
+        counters["batch_in_epoch"] = synced_batch  # micro-batches after the last optimiser step are redone
+        save_last()
+        raise TrainingError(
+            f"interrupted at step {counters['step']}; the state is saved in {last_dir}: add --resume to continue"
+        ) from None
+    bar.close()
+    elapsed = time.perf_counter() - start_time
+
+    # ---- emotion space, accuracy after ------------------------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(model)
+    accuracy_after = float("nan")
+    if is_main:
+        feats = dataset_features(unwrapped, space_set, micro_batch)
+        try:
+            unwrapped.set_emotion_space(emotion_space(feats["features"], feats["labels"], len(classes)))
+        except ValueError as err:
+            save_last()
+            raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {last_dir})") from None
+        accuracy_after = _accuracy(unwrapped, test_set, classes, micro_batch)
+        logger.info(
+            "test accuracy %.2f%% before joint training, %.2f%% after",
+            100 * counters["accuracy_before"],
+            100 * accuracy_after,
+        )
+    counters["accuracy_after"] = accuracy_after
+    save_last({"finished": True, "accuracy_after": accuracy_after, "steps": counters["step"]})
+    accelerator.end_training()
+    summary = JointSummary(
+        accuracy_before=counters["accuracy_before"],
+        accuracy_after=accuracy_after,
+        steps=counters["step"],
+        seconds=elapsed,
+        seconds_per_step=elapsed / max(1, counters["step"] - start_step),
+        losses=last_logs,
+        output_dir=str(out_dir),
+        main_process=is_main,
+    )
+    if is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))
+    return summary
+
+
+def _stratified(samples: list, limit: int, num_classes: int) -> list:
+    """All samples, or at most ``limit`` taken evenly from every class (the emotion space needs each emotion)."""
+    if not limit or limit >= len(samples):
+        return samples
+    per_class = max(2, limit // num_classes)
+    taken: dict[int, int] = {}
+    out = []
+    for sample in samples:
+        if taken.get(sample.label, 0) < per_class:
+            taken[sample.label] = taken.get(sample.label, 0) + 1
+            out.append(sample)
+    return out
+
+
+def model_temperature(model: UniEmoModel) -> float:
+    return float(model.hparams["temperature"])
+
+
+def _condition_loss(model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor, j: Any) -> torch.Tensor | None:
+    if j.condition_loss == "supcon":
+        return supervised_contrastive(condition, labels, j.condition_temperature)
+    if j.condition_loss == "ce":
+        return F.cross_entropy(model.condition_logits(condition).float(), labels)
+    return None

@@ -1,0 +1,112 @@
+"""Generation from a joint checkpoint: the four modes, reproducibility, the API and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_cli import assert_one_line_error, uniemo
+from uniemo.errors import CheckpointError, ConfigError
+from uniemo.pipelines.generation import SCHEDULERS, UniEmoPipeline, parse_emotion_weights
+
+
+@pytest.fixture(scope="module")
+def pipe(joint_run):
+    return UniEmoPipeline.from_pretrained(joint_run)
+
+
+def _pixels(images):
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def test_same_seed_same_images_other_seed_other_images(pipe):
+    a = pipe("awe", num_images=2, steps=3, seed=5)
+    b = pipe("awe", num_images=2, steps=3, seed=5)
+    c = pipe("awe", num_images=2, steps=3, seed=6)
+    assert np.array_equal(_pixels(a.images), _pixels(b.images))
+    assert not np.array_equal(_pixels(a.images), _pixels(c.images))
+    # image i depends only on seed + i: the second image of seed 5 is the first of seed 6
+    assert np.array_equal(_pixels(a.images[1:]), _pixels(c.images[:1]))
+    assert a.settings["emotions"] == {"awe": 1.0} and a.settings["text"] == "<emotion>"
+
+
+def test_fusion_weights(pipe):
+    single = pipe("fear", num_images=2, steps=3, seed=0)
+    fused = pipe(["fear=1", "awe=0"], num_images=2, steps=3, seed=0)
+    assert np.array_equal(_pixels(single.images), _pixels(fused.images))
+    c_fear = pipe.emotion_conditions({"fear": 1.0}, 1, 0)
+    c_awe = pipe.emotion_conditions({"awe": 1.0}, 1, 0)
+    c_mix = pipe.emotion_conditions(parse_emotion_weights({"fear": 3, "awe": 1}, pipe.classes), 1, 0)
+    torch.testing.assert_close(c_mix, 0.75 * c_fear + 0.25 * c_awe)
+
+
+def test_transfer_reference_and_schedulers(pipe, synth_dir):
+    out = pipe("contentment", prompt="a bench", num_images=1, steps=2, scheduler="euler-a")
+    assert out.settings["text"] == "a bench, <emotion>" and out.settings["scheduler"] == "euler-a"
+    assert type(pipe.diffusion.scheduler).__name__ == "DDPMScheduler"  # restored afterwards
+    image = next((synth_dir / "image").rglob("*.jpg"))
+    ref = pipe(reference=image, prompt="a cup", num_images=2, steps=2)
+    assert ref.settings["read"] in pipe.classes and len(ref.images) == 2
+    for name in SCHEDULERS:
+        assert len(pipe("awe", steps=2, scheduler=name).images) == 1
+
+
+def test_bad_requests_are_clear_errors(pipe):
+    with pytest.raises(ConfigError, match="unknown emotion 'joy'"):
+        pipe("joy")
+    with pytest.raises(ConfigError, match="positive"):
+        pipe(["awe=0", "fear=0"])
+    with pytest.raises(ConfigError, match="must be a number"):
+        pipe(["awe=lots"])
+    with pytest.raises(ConfigError, match="finite number"):
+        pipe(["awe=-1"])
+    with pytest.raises(ConfigError, match="not both"):
+        pipe("awe", reference=Image.new("RGB", (8, 8)))
+    with pytest.raises(ConfigError, match="unknown scheduler"):
+        pipe("awe", scheduler="fastest")
+    with pytest.raises(ConfigError, match="must leave room for <emotion>"):
+        pipe("awe", prompt="a very long prompt " * 20)
+    with pytest.raises(ConfigError, match="at most once"):
+        pipe("awe", prompt="<emotion> and <emotion>")
+
+
+def test_save_pretrained_round_trip_with_and_without_the_diffusion_model(pipe, tmp_path):
+    ref = pipe("sadness", num_images=1, steps=2, seed=3)
+    pipe.save_pretrained(tmp_path / "with", include_diffusion=True)
+    assert (tmp_path / "with" / "diffusion" / "model_index.json").is_file()
+    again = UniEmoPipeline.from_pretrained(tmp_path / "with")
+    assert np.array_equal(_pixels(ref.images), _pixels(again("sadness", num_images=1, steps=2, seed=3).images))
+    pipe.save_pretrained(tmp_path / "without")
+    assert not (tmp_path / "without" / "diffusion").exists()
+    with pytest.raises(CheckpointError, match="takes conditions of width"):
+        UniEmoPipeline.from_pretrained(tmp_path / "without", diffusion="tiny-sdxl")
+
+
+def test_a_stage1_checkpoint_is_not_a_generator(trained_run):
+    with pytest.raises(CheckpointError, match="'understanding' checkpoint, not a uniemo 'uniemo'"):
+        UniEmoPipeline.from_pretrained(trained_run)
+
+
+def test_generate_cli(joint_run, tmp_path):
+    out = tmp_path / "gen"
+    r = uniemo(
+        "generate", "--checkpoint", joint_run, "--emotion", "amusement=0.5", "--emotion", "awe=0.5",
+        "--prompt", "a street", "--num-images", 2, "--steps", 2, "--seed", 7, "--out", out,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["emotions"] == {"amusement": 0.5, "awe": 0.5} and settings["seed"] == 7
+    assert (
+        [p.name for p in sorted(out.glob("*.png"))]
+        == settings["files"]
+        == [
+            "amusement-awe_000.png",
+            "amusement-awe_001.png",
+        ]
+    )
+    assert_one_line_error(
+        uniemo("generate", "--checkpoint", joint_run, "--emotion", "joy", "--out", out), "unknown emotion 'joy'"
+    )
+    assert_one_line_error(uniemo("generate", "--checkpoint", joint_run, "--out", out), "--emotion")

@@ -1,0 +1,202 @@
+"""Stage 2: joint training (METHOD §3-§5) on a micro stage-1 model and a tiny random Stable Diffusion."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import REPO, joint_overrides
+from uniemo.config import JointRunConfig, load_config
+from uniemo.errors import CheckpointError, ConfigError
+from uniemo.losses import supervised_contrastive
+from uniemo.models.diffusion import diffusion_loss, tiny_stable_diffusion
+from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+from uniemo.pipelines.classifier import EmotionClassifier
+from uniemo.train import joint as joint_module
+from uniemo.train.joint import train_joint
+
+
+def _config(synth_dir, stage1, out, *extra, steps=4, diffusion="tiny-sd"):
+    overrides = joint_overrides(synth_dir, stage1, out, steps, diffusion) + list(extra)
+    return load_config(REPO / "configs" / "tiny-joint.yaml", overrides, JointRunConfig)
+
+
+def test_joint_checkpoint_holds_everything_generation_needs(joint_run, trained_run):
+    meta = json.loads((joint_run / "last" / "model.json").read_text())
+    assert meta["kind"] == "uniemo" and meta["finished"] and meta["steps"] == 4
+    assert meta["diffusion"] == "tiny-sd" and meta["placeholder"] == "<emotion>"
+    assert 0 <= meta["accuracy_before"] <= 1 and 0 <= meta["accuracy_after"] <= 1
+    summary = json.loads((joint_run / "summary.json").read_text())
+    assert summary["accuracy_before"] == meta["accuracy_before"]
+    losses = [json.loads(line) for line in (joint_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/cond", "loss/diffusion", "loss/understanding", "loss/total"} <= set(losses[-1])
+
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    pipe = UniEmoPipeline.from_pretrained(joint_run)
+    model = pipe.model
+    assert model.has_emotion_space()
+    k = len(meta["classes"])
+    assert model.space_cls_mean.shape[0] == k and bool((model.space_scene_std > 0).all())
+    # P(e | a): rows sum to 1
+    torch.testing.assert_close(model.prior_scene.sum(1), torch.ones(model.prior_scene.shape[0]))
+    torch.testing.assert_close(model.prior_object.sum(1), torch.ones(model.prior_object.shape[0]))
+    # the understanding part trained on, the frozen diffusion model did not
+    stage1 = EmotionClassifier.from_pretrained(trained_run).model
+    assert not torch.equal(stage1.scene_queries, model.understanding.scene_queries)
+    fresh = tiny_stable_diffusion(seed=0)
+    for name, tensor in fresh.unet.state_dict().items():
+        assert torch.equal(tensor, pipe.diffusion.unet.state_dict()[name]), name
+    # the joint checkpoint is also a classifier (the jointly trained understanding model)
+    clf = EmotionClassifier.from_pretrained(joint_run)
+    torch.testing.assert_close(clf.model.scene_queries, model.understanding.scene_queries)
+
+
+def test_gradients_reach_mappers_and_queries_not_the_diffusion_model(trained_run):
+    stage1 = EmotionClassifier.from_pretrained(trained_run).model.train()
+    pipe = tiny_stable_diffusion(seed=0)
+    encoder = PromptEncoder(pipe)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+    model = UniEmoModel(stage1, encoder.condition_dims, mapper_hidden=16)
+    model.prior_scene.copy_(torch.rand_like(model.prior_scene).softmax(1))
+    labels = torch.tensor([0, 1, 0, 1])
+    # joint training's optimiser holds exactly the understanding and mapper parameters, nothing of the diffusion model
+    cfg = load_config(None, ["optim.backbone_lr_scale=0"], JointRunConfig)
+    stage1.vision.requires_grad_(False)
+    held = {id(p) for g in joint_module._param_groups(model, cfg) for p in g["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(id(p) in held for p in model.fusion.parameters()) and id(stage1.scene_queries) in held
+    stage1.vision.requires_grad_(True)
+    out, c = model(torch.randn(4, 3, stage1.image_size, stage1.image_size), labels)
+    text = encoder.encode(["<emotion>"] * 4, c)
+    latents = torch.randn(4, 4, 16, 16)
+    loss = diffusion_loss(pipe.unet, pipe.scheduler, latents, text["prompt_embeds"], torch.Generator().manual_seed(0))
+    loss = loss + supervised_contrastive(c, labels) + F.cross_entropy(out.logits, labels)
+    loss.backward()
+    for mapper in (model.fusion.map_cls, model.fusion.map_scene, model.fusion.map_object):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mapper.parameters())
+    assert stage1.scene_queries.grad.abs().sum() > 0 and stage1.object_queries.grad.abs().sum() > 0
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        assert all(p.grad is None for p in part.parameters())
+
+
+@pytest.mark.parametrize("diffusion", ["tiny-sd", "tiny-sdxl"])
+def test_prompt_encoder_matches_the_pipeline_and_pools_at_end_of_text(diffusion):
+    from uniemo.models.diffusion import load_stable_diffusion
+
+    pipe = load_stable_diffusion(diffusion)
+    if diffusion == "tiny-sdxl":  # SDXL's real second encoder has the legacy eos_token_id 2 (argmax pooling)
+        pipe.text_encoder_2.config.eos_token_id = 2
+        for module in pipe.text_encoder_2.modules():
+            if hasattr(module, "eos_token_id"):
+                module.eos_token_id = 2
+    with torch.no_grad():
+        reference = pipe.encode_prompt(
+            "a photo of a bench", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        encoder = PromptEncoder(pipe)
+        ours = encoder.encode(["a photo of a bench"])
+        torch.testing.assert_close(ours["prompt_embeds"], reference[0])
+        if not encoder.is_xl:
+            return
+        torch.testing.assert_close(ours["pooled_prompt_embeds"], reference[2])
+        # the placeholder is now the highest token id; the pooled embedding must still be read at end-of-text
+        injector = encoder.injectors[1]
+        ids = injector.tokenize(["<emotion> a bench"])
+        condition = torch.randn(1, 48)
+        with injector.inject(ids, condition):
+            out = pipe.text_encoder_2(input_ids=ids)
+        eos = int((ids[0] == 49407).nonzero()[0])
+        expected = pipe.text_encoder_2.text_projection(out.last_hidden_state[0, eos])
+        torch.testing.assert_close(out.text_embeds[0], expected)
+
+
+def test_alpha_is_detached_and_follows_the_mode(trained_run):
+    stage1 = EmotionClassifier.from_pretrained(trained_run).model
+    model = UniEmoModel(stage1, [32], mapper_hidden=16)
+    prior = torch.rand_like(model.prior_scene).softmax(1)
+    model.prior_scene.copy_(prior)
+    model.prior_object.copy_(torch.rand_like(model.prior_object).softmax(1))
+    scene = F.normalize(torch.randn(3, stage1.scene_vocab_embeds.shape[1], requires_grad=True), dim=-1)
+    obj = F.normalize(torch.randn(3, stage1.object_vocab_embeds.shape[1]), dim=-1)
+    emotions = torch.tensor([0, 3, 5])
+    a_s, a_o = model.alphas(scene, obj, emotions)
+    assert not a_s.requires_grad and a_s.shape == (3,)
+    pi = (scene @ stage1.scene_vocab_embeds.T / 0.07).softmax(-1)
+    torch.testing.assert_close(a_s, (pi * prior[:, emotions].T).sum(-1).detach())
+    model.alpha_mode = "off"
+    assert torch.equal(model.alphas(scene, obj, emotions)[0], torch.ones(3))
+
+
+def test_sdxl_joint_training_and_generation(synth_dir, trained_run, tmp_path):
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    cfg = _config(synth_dir, trained_run, tmp_path / "xl", "joint.condition_loss=ce", steps=2, diffusion="tiny-sdxl")
+    summary = train_joint(cfg, progress=False)
+    assert summary.steps == 2
+    pipe = UniEmoPipeline.from_pretrained(tmp_path / "xl")
+    assert pipe.encoder.is_xl and pipe.model.hparams["condition_dims"] == [32, 48]
+    assert pipe.model.condition_head is not None  # Σ d_c = 80 ≠ D: c gets its own emotion head for L_ce
+    images = pipe("awe", num_images=2, steps=2, seed=1).images
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+
+
+def test_joint_training_without_queries(synth_dir, tmp_path):
+    from tests.conftest import micro_overrides
+    from uniemo.train.understanding import train_understanding
+
+    stage1 = tmp_path / "plain"
+    cfg1 = load_config(
+        REPO / "configs" / "tiny.yaml", micro_overrides(synth_dir, stage1, 4) + ["model.query_mode=none"]
+    )
+    train_understanding(cfg1, progress=False)
+    summary = train_joint(_config(synth_dir, stage1, tmp_path / "j", steps=2), progress=False)
+    assert summary.steps == 2
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    assert len(UniEmoPipeline.from_pretrained(tmp_path / "j")("anger", steps=2).images) == 1
+
+
+def test_resume_after_an_interruption_continues_the_same_run(synth_dir, trained_run, tmp_path, monkeypatch):
+    straight = _config(synth_dir, trained_run, tmp_path / "a", steps=4)
+    train_joint(straight, progress=False)
+    calls = {"n": 0}
+    real = joint_module.diffusion_loss
+
+    def interrupt_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(joint_module, "diffusion_loss", interrupt_at_third_step)
+    broken = _config(synth_dir, trained_run, tmp_path / "b", steps=4)
+    with pytest.raises(joint_module.TrainingError, match="--resume"):
+        train_joint(broken, progress=False)
+    state = json.loads((tmp_path / "b" / "last" / "training_state.json").read_text())
+    assert state["counters"]["step"] == 2
+    monkeypatch.setattr(joint_module, "diffusion_loss", real)
+    train_joint(broken, resume=True, progress=False)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_joint_config_errors(synth_dir, trained_run, tmp_path):
+    with pytest.raises(ConfigError, match="joint.understanding is required"):
+        train_joint(load_config(None, [f"data.root={synth_dir}", f"output_dir={tmp_path}"], JointRunConfig))
+    with pytest.raises(ConfigError, match="joint.template"):
+        train_joint(_config(synth_dir, trained_run, tmp_path / "t", "joint.template=no-slot"))
+    with pytest.raises(ConfigError, match="unknown config key 'joint.alpah'"):
+        _config(synth_dir, trained_run, tmp_path / "t", "joint.alpah=soft")
+    with pytest.raises(ConfigError, match="condition_loss"):
+        _config(synth_dir, trained_run, tmp_path / "t", "joint.condition_loss=mse")
+    with pytest.raises(CheckpointError, match="not a uniemo"):
+        train_joint(_config(synth_dir, synth_dir / "image", tmp_path / "t"))
+    with pytest.raises(CheckpointError, match="Stable Diffusion"):
+        train_joint(_config(synth_dir, trained_run, tmp_path / "t", diffusion=str(tmp_path)))
