@@ -28,7 +28,7 @@ VARIANTS = {
     "full": [],
     "ce": ["joint.condition_loss=ce"],
     "none": ["joint.condition_loss=none"],
-    "no-alpha": ["joint.alpha=off"],
+    "no-alpha": ["joint.alpha=none"],
 }
 
 

@@ -126,7 +126,7 @@ def test_alpha_is_detached_and_follows_the_mode(trained_run):
     assert not a_s.requires_grad and a_s.shape == (3,)
     pi = (scene @ stage1.scene_vocab_embeds.T / 0.07).softmax(-1)
     torch.testing.assert_close(a_s, (pi * prior[:, emotions].T).sum(-1).detach())
-    model.alpha_mode = "off"
+    model.alpha_mode = "none"
     assert torch.equal(model.alphas(scene, obj, emotions)[0], torch.ones(3))
 
 

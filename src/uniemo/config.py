@@ -164,7 +164,7 @@ class JointConfig:
             attribute names' text embeddings) or ``cooccurrence`` (annotation counts).
         prior_clip: the CLIP (both towers) whose space the classifier prior uses; ``None`` = stage 1's text model.
         prior_epochs: epochs of the prior head's training.
-        alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute) or ``off`` (α = 1, the ablation).
+        alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute) or ``none`` (α = 1, the ablation).
         condition_loss: ``supcon`` (supervised contrastive on c, the method), ``ce`` (an emotion classifier on
             c, the paper's Table V baseline) or ``none``.
         condition_temperature: τ of the supervised contrastive loss.
@@ -182,7 +182,7 @@ class JointConfig:
     prior: Literal["classifier", "cooccurrence"] = "classifier"
     prior_clip: str | None = None
     prior_epochs: int = 30
-    alpha: Literal["soft", "hard", "off"] = "soft"
+    alpha: Literal["soft", "hard", "none"] = "soft"
     condition_loss: Literal["supcon", "ce", "none"] = "supcon"
     condition_temperature: float = 0.07
     understanding_weight: float = 0.3

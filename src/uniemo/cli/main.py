@@ -118,6 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         seed=args.seed,
         negative_prompt=args.negative_prompt,
+        diversity=args.diversity,
     )
     output.settings["checkpoint"] = str(args.checkpoint)
     stem = "reference" if args.reference else "-".join(output.settings["emotions"])
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--scheduler", default=None, help="ddim, ddpm, pndm, euler, euler-a, dpm++, unipc")
     p.add_argument("--negative-prompt", default="")
+    p.add_argument(
+        "--diversity", type=float, default=1.0, help="scale of the emotion space's spread (1: as trained; 0: its mean)"
+    )
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--diffusion", default=None, help="use this diffusion model instead of the stored one")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")

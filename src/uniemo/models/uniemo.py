@@ -28,7 +28,7 @@ from uniemo.models.fusion import (
 )
 from uniemo.models.understanding import ExpertQueryCLIP
 
-ALPHA_MODES = ("soft", "hard", "off")
+ALPHA_MODES = ("soft", "hard", "none")
 SPACE_FEATURES = ("cls", "scene", "object")
 
 
@@ -42,7 +42,7 @@ class UniEmoModel(nn.Module):
         understanding: the stage-1 network.
         condition_dims: d_c of each text encoder the condition enters.
         mapper_hidden: the mappers' hidden width.
-        alpha: ``soft``, ``hard`` or ``off`` (α = 1: the "without α" ablation).
+        alpha: ``soft``, ``hard`` or ``none`` (α = 1: the "without α" ablation).
         condition_head: give c its own linear emotion classifier (``ce`` condition loss when Σ d_c ≠ D; with
             Σ d_c = D the frozen stage-1 head is used instead and this stays False).
         temperature: τ of π, the attribute distribution (stage 1's τ, so π reads the space L_S / L_O trained).
@@ -95,9 +95,9 @@ class UniEmoModel(nn.Module):
     def alphas(
         self, scene_embeds: torch.Tensor | None, object_embeds: torch.Tensor | None, emotions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(α_S, α_O), each (B,), detached: Σ_a π(a)·P(e* | a) (METHOD §3); ones with ``alpha="off"``."""
+        """(α_S, α_O), each (B,), detached: Σ_a π(a)·P(e* | a) (METHOD §3); ones with ``alpha="none"``."""
         ones = torch.ones(len(emotions), device=emotions.device)
-        if self.alpha_mode == "off" or not self.uses_queries:
+        if self.alpha_mode == "none" or not self.uses_queries:
             return ones, ones
         tau = self.hparams["temperature"]
         out = []
@@ -147,13 +147,16 @@ class UniEmoModel(nn.Module):
     def has_emotion_space(self) -> bool:
         return bool(self.space_cls_std.abs().sum() > 0)
 
-    def sample_features(self, emotions: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """(cls, s, o) ~ N(μ_e, σ_e²) per requested emotion (B,) → name → (B, D)."""
+    def sample_features(
+        self, emotions: torch.Tensor, generator: torch.Generator | None = None, diversity: float = 1.0
+    ) -> dict:
+        """(cls, s, o) ~ N(μ_e, (diversity·σ_e)²) per requested emotion (B,) → name → (B, D); diversity 1 is
+        METHOD §5's sampling, 0 always the emotion's mean."""
         names = SPACE_FEATURES if self.uses_queries else ("cls",)
         space = {}
         for name in names:
             space[f"{name}_mean"] = getattr(self, f"space_{name}_mean")
-            space[f"{name}_std"] = getattr(self, f"space_{name}_std")
+            space[f"{name}_std"] = getattr(self, f"space_{name}_std") * diversity
         return sample_emotion_space(space, emotions, generator)
 
     def architecture(self) -> dict[str, Any]:

@@ -173,7 +173,9 @@ class UniEmoPipeline:
             )
 
     @torch.no_grad()
-    def emotion_conditions(self, weights: Mapping[str, float], num_images: int, seed: int) -> torch.Tensor:
+    def emotion_conditions(
+        self, weights: Mapping[str, float], num_images: int, seed: int, diversity: float = 1.0
+    ) -> torch.Tensor:
         """c for each image (N, Σ d_c): per image, one sample of the emotion space per weighted emotion
         (generator seeded by seed + image index), fused as Σ w_k c_k."""
         self._require_space()
@@ -186,7 +188,7 @@ class UniEmoPipeline:
             # (1, 0) give exactly the single emotion's image and intermediate weights move between them.
             parts = []
             for k in ids.cpu():
-                feats = self.model.sample_features(k.view(1), torch.Generator().manual_seed(seed + i))
+                feats = self.model.sample_features(k.view(1), torch.Generator().manual_seed(seed + i), diversity)
                 parts.append({name: v.to(self.device) for name, v in feats.items()})
             feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}  # each (E, D)
             conditions = self.model.condition(feats, ids)  # (E, Σ d_c)
@@ -252,6 +254,7 @@ class UniEmoPipeline:
         negative_prompt: str = "",
         batch_size: int = 8,
         size: int | None = None,
+        diversity: float = 1.0,
     ) -> GenerationOutput:
         """Generates ``num_images`` images.
 
@@ -263,14 +266,15 @@ class UniEmoPipeline:
             steps / guidance / scheduler / negative_prompt: sampling settings (scheduler: :data:`SCHEDULERS`).
             seed: images i use seed + i, for the emotion-space sample and for the initial noise.
             size: image side; default the training resolution.
+            diversity: scales the emotion space's standard deviation when sampling (1: METHOD §5; 0: the mean).
 
         Raises:
             ConfigError: neither or both of ``emotion`` and ``reference``, unknown names, bad weights or values.
         """
         if (emotion is None) == (reference is None):
             raise ConfigError("give an emotion (or weighted emotions) or a reference image, not both or neither")
-        if num_images < 1 or steps < 1 or guidance < 0:
-            raise ConfigError("num_images and steps must be ≥ 1 and guidance ≥ 0")
+        if num_images < 1 or steps < 1 or guidance < 0 or diversity < 0:
+            raise ConfigError("num_images and steps must be ≥ 1, guidance and diversity ≥ 0")
         settings: dict[str, Any] = {
             "prompt": prompt,
             "num_images": num_images,
@@ -286,8 +290,8 @@ class UniEmoPipeline:
             settings.update(reference=str(reference) if isinstance(reference, (str, Path)) else "<image>", read=read)
         else:
             weights = parse_emotion_weights(emotion, self.classes)
-            conditions = self.emotion_conditions(weights, num_images, seed)
-            settings["emotions"] = weights
+            conditions = self.emotion_conditions(weights, num_images, seed, diversity)
+            settings.update(emotions=weights, diversity=diversity)
         text = self.prompt_for(prompt)
         settings["text"] = text
         side = size or self.resolution

@@ -30,10 +30,10 @@ from uniemo.checkpoint import (
     save_training_state,
 )
 from uniemo.config import JointRunConfig, config_to_dict
-from uniemo.data.datasets import EmotionImageDataset, EpochSampler, collate, open_dataset
+from uniemo.data.datasets import EmotionImageDataset, collate, open_dataset
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import ConfigError, DataError
-from uniemo.losses import attribute_infonce, supervised_contrastive
+from uniemo.losses import supervised_contrastive
 from uniemo.metrics.classification import classification_report
 from uniemo.models.diffusion import diffusion_loss, load_stable_diffusion
 from uniemo.models.factory import is_architecture_name, resolve_spec
@@ -47,6 +47,9 @@ from uniemo.train.understanding import (
     config_yaml_text,
     cosine_with_warmup,
     flat_dict,
+    param_groups,
+    training_loader,
+    understanding_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -184,21 +187,15 @@ def compute_prior(
 
 
 def _param_groups(model: UniEmoModel, cfg: JointRunConfig) -> list[dict[str, Any]]:
-    o = cfg.optim
-    u = model.understanding
-    backbone = {id(p) for p in u.backbone_parameters()}
-    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    for name, param in u.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim < 2 or name.endswith("_queries") or "norm" in name or "layrnorm" in name
-        groups.setdefault(("backbone" if id(param) in backbone else "understanding", no_decay), []).append(param)
-    for param in model.generation_parameters():
-        groups.setdefault(("mappers", param.ndim < 2), []).append(param)
-    lrs = {"backbone": o.lr * o.backbone_lr_scale, "understanding": o.lr, "mappers": cfg.joint.mapper_lr}
-    return [
-        {"params": params, "lr": lrs[which], "weight_decay": 0.0 if no_decay else o.weight_decay, "name": which}
-        for (which, no_decay), params in sorted(groups.items())
+    """Stage 1's groups for the understanding model (backbone at lr × scale) and the mappers at ``mapper_lr``."""
+    groups = param_groups(model.understanding, cfg)
+    mappers = model.generation_parameters()
+    decay = [p for p in mappers if p.ndim >= 2]
+    no_decay = [p for p in mappers if p.ndim < 2]
+    lr, wd = cfg.joint.mapper_lr, cfg.optim.weight_decay
+    return groups + [
+        {"params": decay, "lr": lr, "weight_decay": wd},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
     ]
 
 
@@ -306,23 +303,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     if cfg.optim.backbone_lr_scale == 0:
         u.vision.requires_grad_(False)
 
-    per_step = cfg.optim.batch_size
-    divisor = accelerator.num_processes * cfg.optim.grad_accum_steps
-    if per_step % divisor:
-        raise ConfigError(f"optim.batch_size={per_step} must be divisible by processes × grad_accum_steps = {divisor}")
-    micro_batch = per_step // divisor
-    sampler = EpochSampler(len(train_set), seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=micro_batch,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-        drop_last=True,
-    )
-    steps_per_epoch = len(train_set) // (micro_batch * divisor)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"the training split ({len(train_set)} images) is smaller than one batch ({per_step})")
+    loader, sampler, micro_batch, steps_per_epoch = training_loader(train_set, cfg, accelerator.num_processes)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     save_every = cfg.save_every or total_steps
 
@@ -347,6 +328,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         counters = load_training_state(last_dir, optimizer, scheduler)
         logger.info("resuming at step %d (epoch %d)", counters["step"], counters["epoch"])
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if resume and accelerator.scaler is not None and "grad_scaler" in counters:
+        accelerator.scaler.load_state_dict(counters["grad_scaler"])
 
     meta = {
         "kind": JOINT_KIND,
@@ -378,11 +361,13 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
             j.condition_loss,
             j.alpha,
             total_steps,
-            per_step,
+            cfg.optim.batch_size,
         )
 
     def save_last(extra: dict[str, Any] | None = None) -> None:
         if is_main:
+            if accelerator.scaler is not None:  # fp16: the loss scale continues on resume
+                counters["grad_scaler"] = accelerator.scaler.state_dict()
             with atomic_directory(last_dir) as tmp:
                 save_model(tmp, accelerator.unwrap_model(model), {**meta, **(extra or {})}, config_yaml)
                 save_training_state(tmp, optimizer, scheduler, counters)
@@ -416,29 +401,13 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                 with accelerator.accumulate(model):
                     labels = batch["label"]
                     out, condition = model(batch["pixel_values"], labels)
-                    parts = {}
-                    loss_u = weights.ce_weight * F.cross_entropy(
-                        out.logits.float(), labels, label_smoothing=weights.label_smoothing
-                    )
-                    parts["loss/ce"] = loss_u.detach() / max(weights.ce_weight, 1e-12)
-                    base = accelerator.unwrap_model(model).understanding
-                    for which, emb, ids, vocab, w in (
-                        ("scene", out.scene_embeds, batch["scene_id"], base.scene_vocab_embeds, weights.scene_weight),
-                        (
-                            "object",
-                            out.object_embeds,
-                            batch["object_id"],
-                            base.object_vocab_embeds,
-                            weights.object_weight,
-                        ),
-                    ):
-                        if emb is None or not len(vocab):
-                            continue
-                        term = attribute_infonce(emb, ids, vocab, model_temperature(accelerator.unwrap_model(model)))
-                        if term is not None:
-                            loss_u = loss_u + w * term
-                            parts[f"loss/{which}"] = term.detach()
-                    loss_cond = _condition_loss(accelerator.unwrap_model(model), condition, labels, j)
+                    base = accelerator.unwrap_model(model)
+                    vocab = {
+                        "scene": base.understanding.scene_vocab_embeds,
+                        "object": base.understanding.object_vocab_embeds,
+                    }
+                    loss_u, parts = understanding_loss(out, batch, vocab, weights, model_temperature(base))
+                    loss_cond = _condition_loss(base, condition, labels, j)
                     with torch.no_grad():
                         pixels = batch["diffusion_pixels"].to(device, dtype=weight_dtype)
                         latents = vae.encode(pixels).latent_dist.sample(generator=gen) * scaling

@@ -158,6 +158,62 @@ def build_model(cfg: UnderstandingRunConfig, num_classes: int, attribute_dim: in
         raise ConfigError(f"model config: {err}") from None
 
 
+def training_loader(train_set: EmotionImageDataset, cfg: Any, num_processes: int) -> tuple[Any, Any, int, int]:
+    """(loader, its EpochSampler, micro-batch size, optimiser steps per epoch) for ``optim.batch_size`` split over
+    processes and gradient-accumulation steps.
+
+    Raises:
+        ConfigError: the batch does not split evenly, or the split is smaller than one batch.
+    """
+    per_step = cfg.optim.batch_size
+    divisor = num_processes * cfg.optim.grad_accum_steps
+    if per_step % divisor:
+        raise ConfigError(f"optim.batch_size={per_step} must be divisible by processes × grad_accum_steps = {divisor}")
+    micro_batch = per_step // divisor
+    sampler = EpochSampler(len(train_set), seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=micro_batch,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
+    steps_per_epoch = len(train_set) // (micro_batch * divisor)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the training split ({len(train_set)} images) is smaller than one batch ({per_step})")
+    return loader, sampler, micro_batch, steps_per_epoch
+
+
+def understanding_loss(
+    out: Any, batch: dict[str, Any], vocab_embeds: dict[str, torch.Tensor], weights: Any, temperature: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_U = ce·L_CE + scene·L_S + object·L_O (METHOD §2) and its detached parts for logging.
+
+    Args:
+        out: the model's :class:`UnderstandingOutput` for the batch.
+        batch: ``label``, ``scene_id``, ``object_id``.
+        vocab_embeds: ``scene`` / ``object`` → (V, d_t) attribute text embeddings (empty: that loss is off).
+        weights: the :class:`LossConfig`.
+    """
+    loss_ce = F.cross_entropy(out.logits.float(), batch["label"], label_smoothing=weights.label_smoothing)
+    loss = weights.ce_weight * loss_ce
+    parts = {"loss/ce": loss_ce.detach()}
+    for which, embeds, weight in (
+        ("scene", out.scene_embeds, weights.scene_weight),
+        ("object", out.object_embeds, weights.object_weight),
+    ):
+        vocab = vocab_embeds[which]
+        if embeds is None or not len(vocab):
+            continue
+        term = attribute_infonce(embeds, batch[f"{which}_id"], vocab, temperature)
+        if term is not None:
+            loss = loss + weight * term
+            parts[f"loss/{which}"] = term.detach()
+    return loss, parts
+
+
 def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progress: bool = True) -> TrainSummary:
     """Runs stage 1 as configured and returns its :class:`TrainSummary`.
 
@@ -229,24 +285,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     )
     val_set = EmotionImageDataset(val_samples, ClipTransform(model.image_size), on_bad_image=cfg.data.on_bad_image)
 
-    per_step = cfg.optim.batch_size
-    divisor = accelerator.num_processes * cfg.optim.grad_accum_steps
-    if per_step % divisor:
-        raise ConfigError(f"optim.batch_size={per_step} must be divisible by processes × grad_accum_steps = {divisor}")
-    micro_batch = per_step // divisor
-    sampler = EpochSampler(len(train_set), seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=micro_batch,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-        drop_last=True,
-        pin_memory=torch.cuda.is_available(),
-    )
-    steps_per_epoch = len(train_set) // (micro_batch * divisor)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"the training split ({len(train_set)} images) is smaller than one batch ({per_step})")
+    loader, sampler, micro_batch, steps_per_epoch = training_loader(train_set, cfg, accelerator.num_processes)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
     save_every = cfg.save_every or eval_every
@@ -270,6 +309,8 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     if resume:
         load_weights(last_dir, accelerator.unwrap_model(model))
         counters = load_training_state(last_dir, optimizer, scheduler)
+        if accelerator.scaler is not None and "grad_scaler" in counters:
+            accelerator.scaler.load_state_dict(counters["grad_scaler"])
         logger.info(
             "resuming at step %d (epoch %d, batch %d)", counters["step"], counters["epoch"], counters["batch_in_epoch"]
         )
@@ -300,12 +341,14 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
             cfg.model.backbone,
             cfg.model.query_mode,
             total_steps,
-            per_step,
+            cfg.optim.batch_size,
             steps_per_epoch,
         )
 
     def save_last() -> None:
         if is_main:
+            if accelerator.scaler is not None:  # fp16: the loss scale continues on resume
+                counters["grad_scaler"] = accelerator.scaler.state_dict()
             with atomic_directory(last_dir) as tmp:
                 save_model(tmp, accelerator.unwrap_model(model), meta, config_yaml)
                 save_training_state(tmp, optimizer, scheduler, counters)
@@ -363,32 +406,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                     continue
                 with accelerator.accumulate(model):
                     out = model(batch["pixel_values"])
-                    loss_ce = F.cross_entropy(
-                        out.logits.float(), batch["label"], label_smoothing=weights.label_smoothing
-                    )
-                    loss = weights.ce_weight * loss_ce
-                    parts = {"loss/ce": loss_ce.detach()}
-                    if use_queries:
-                        for which, emb, ids, vocab, w in (
-                            (
-                                "scene",
-                                out.scene_embeds,
-                                batch["scene_id"],
-                                vocab_embeds["scene"],
-                                weights.scene_weight,
-                            ),
-                            (
-                                "object",
-                                out.object_embeds,
-                                batch["object_id"],
-                                vocab_embeds["object"],
-                                weights.object_weight,
-                            ),
-                        ):
-                            term = attribute_infonce(emb, ids, vocab, temperature) if len(vocab) else None
-                            if term is not None:
-                                loss = loss + w * term
-                                parts[f"loss/{which}"] = term.detach()
+                    loss, parts = understanding_loss(out, batch, vocab_embeds, weights, temperature)
                     if not torch.isfinite(loss):
                         kept = (
                             f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
