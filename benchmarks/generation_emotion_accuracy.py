@@ -60,7 +60,7 @@ def main() -> int:
     from uniemo.config import JointRunConfig, load_config, resolve_config_path
     from uniemo.data.synth import SynthConfig, write_synthetic_dataset
     from uniemo.pipelines.classifier import EmotionClassifier
-    from uniemo.pipelines.generation import UniEmoPipeline
+    from uniemo.pipelines.generation import UniEmoPipeline, emotion_accuracy
     from uniemo.plotting import image_grid
     from uniemo.train.joint import train_joint
     from uniemo.train.understanding import train_understanding
@@ -101,26 +101,14 @@ def main() -> int:
         summary = json.loads((run / "summary.json").read_text())
         pipe = UniEmoPipeline.from_pretrained(run)
         start = time.perf_counter()
-        correct, per_emotion, grid = 0, {}, []
-        for emotion in classes:
-            images = pipe(
-                emotion,
-                num_images=args.per_emotion,
-                steps=args.sample_steps,
-                guidance=args.guidance,
-                seed=args.seed,
-            ).images
-            predicted = judge.probabilities(images).argmax(1)
-            hits = int((predicted == classes.index(emotion)).sum())
-            per_emotion[emotion] = hits / len(images)
-            correct += hits
-            grid.append(images[:8])
-        image_grid(grid, classes, out / f"samples-{name}.png")
+        sampling = {"steps": args.sample_steps, "guidance": args.guidance, "seed": args.seed}
+        result, images = emotion_accuracy(pipe, judge, args.per_emotion, **sampling)
+        image_grid([row[:8] for row in images], classes, out / f"samples-{name}.png")
         rows.append(
             {
                 "variant": name,
-                "emo_a": correct / (args.per_emotion * len(classes)),
-                "per_emotion": per_emotion,
+                "emo_a": result["emo_a"],
+                "per_emotion": result["per_emotion"],
                 "joint_ms_per_step": 1000 * summary["seconds_per_step"],
                 "accuracy_before": summary["accuracy_before"],
                 "accuracy_after": summary["accuracy_after"],

@@ -40,6 +40,10 @@ def test_fusion_weights(pipe):
     c_awe = pipe.emotion_conditions({"awe": 1.0}, 1, 0)
     c_mix = pipe.emotion_conditions(parse_emotion_weights({"fear": 3, "awe": 1}, pipe.classes), 1, 0)
     torch.testing.assert_close(c_mix, 0.75 * c_fear + 0.25 * c_awe)
+    # a real mix moves the images away from both of its emotions
+    half = _pixels(pipe(["fear=1", "awe=1"], num_images=2, steps=3, seed=0).images)
+    awe = _pixels(pipe("awe", num_images=2, steps=3, seed=0).images)
+    assert not np.array_equal(half, _pixels(single.images)) and not np.array_equal(half, awe)
 
 
 def test_transfer_reference_and_schedulers(pipe, synth_dir):

@@ -38,10 +38,25 @@ def _tiny_text_encoder(width: int, projection: bool = False) -> Any:
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
+def tiny_vae(image_size: int = 32, norm_num_groups: int = 8) -> Any:
+    """An ``AutoencoderKL`` with channels (32, 64): RGB images ↔ 4-channel latents at half the side (random init;
+    the stand-in trains one)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        norm_num_groups=norm_num_groups,
+        sample_size=image_size,
+    )
+
+
 def tiny_stable_diffusion_xl(seed: int = 0, image_size: int = 32) -> Any:
     """A ``StableDiffusionXLPipeline`` of the real classes at toy size, randomly initialised (tests): two text
     encoders of different widths (32 and 48, like SDXL's 768 and 1280), pooled embeddings and time ids."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -61,14 +76,7 @@ def tiny_stable_diffusion_xl(seed: int = 0, image_size: int = 32) -> Any:
             projection_class_embeddings_input_dim=6 * 8 + 48,
             norm_num_groups=8,
         )
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(32, 64),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=image_size,
-        )
+        vae = tiny_vae(image_size)
         text_encoder, text_encoder_2 = _tiny_text_encoder(32), _tiny_text_encoder(48, projection=True)
     scheduler = EulerDiscreteScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
@@ -90,7 +98,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     UNet2DConditionModel and AutoencoderKL with channels (32, 64) (latents at half the image side), a 2-layer
     CLIPTextModel with CLIP's real tokenizer, and a DDPM scheduler.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -106,16 +114,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
             attention_head_dim=8,
             norm_num_groups=8,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(32, 64),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=image_size,
-        )
+        vae = tiny_vae(image_size)
         text_encoder = _tiny_text_encoder(32)
     scheduler = DDPMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1

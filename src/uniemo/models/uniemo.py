@@ -115,21 +115,27 @@ class UniEmoModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor, emotions: torch.Tensor) -> tuple[Any, torch.Tensor]:
         """Training forward: (:class:`UnderstandingOutput`, c (B, Σ d_c)) for images and their emotions (B,)."""
         out = self.understanding(pixel_values)
-        if not self.uses_queries:
-            return out, self.fusion.map_cls(out.cls)
-        alpha_s, alpha_o = self.alphas(out.scene_embeds, out.object_embeds, emotions)
-        return out, self.fusion(out.cls, out.scene, out.object, alpha_s, alpha_o)
+        feats = {"cls": out.cls, "scene": out.scene, "object": out.object}
+        return out, self.condition(feats, emotions, (out.scene_embeds, out.object_embeds))
 
-    def condition(self, feats: dict[str, torch.Tensor | None], emotions: torch.Tensor) -> torch.Tensor:
-        """c (B, Σ d_c) from features ``cls``, ``scene``, ``object`` (B, D) and the target emotions (B,)."""
-        cls = feats["cls"]
+    def condition(
+        self,
+        feats: dict[str, torch.Tensor | None],
+        emotions: torch.Tensor,
+        attribute_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """c (B, Σ d_c) from features ``cls``, ``scene``, ``object`` (B, D) and the target emotions (B,);
+        ``attribute_embeds`` are g_S(s), g_O(o) when already computed (else projected here)."""
         if not self.uses_queries:
-            return self.fusion.map_cls(cls)
-        u = self.understanding
-        scene_embeds = F.normalize(u.scene_proj(feats["scene"]), dim=-1)
-        object_embeds = F.normalize(u.object_proj(feats["object"]), dim=-1)
-        alpha_s, alpha_o = self.alphas(scene_embeds, object_embeds, emotions)
-        return self.fusion(cls, feats["scene"], feats["object"], alpha_s, alpha_o)
+            return self.fusion.map_cls(feats["cls"])
+        if attribute_embeds is None:
+            u = self.understanding
+            attribute_embeds = (
+                F.normalize(u.scene_proj(feats["scene"]), dim=-1),
+                F.normalize(u.object_proj(feats["object"]), dim=-1),
+            )
+        alpha_s, alpha_o = self.alphas(*attribute_embeds, emotions)
+        return self.fusion(feats["cls"], feats["scene"], feats["object"], alpha_s, alpha_o)
 
     def condition_logits(self, condition: torch.Tensor) -> torch.Tensor:
         """Emotion logits of c (B, K) for the ``ce`` condition loss: c's own head (when Σ d_c ≠ D), else the

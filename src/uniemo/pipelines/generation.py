@@ -330,6 +330,27 @@ class UniEmoPipeline:
         return GenerationOutput(images, settings)
 
 
+def emotion_accuracy(
+    pipe: UniEmoPipeline, judge: Any, per_emotion: int, **settings: Any
+) -> tuple[dict[str, Any], list[list[Image.Image]]]:
+    """Emo-A as the issue defines it for the stand-in: ``per_emotion`` images of every emotion (seeds 0…),
+    read by ``judge`` (an :class:`~uniemo.pipelines.classifier.EmotionClassifier`); returns
+    ``{"emo_a", "num_images", "per_emotion"}`` and the images, one list per emotion."""
+    hits, images = {}, []
+    for emotion in pipe.classes:
+        generated = pipe(emotion, num_images=per_emotion, **settings).images
+        predicted = judge.probabilities(generated).argmax(1)
+        hits[emotion] = int((predicted == judge.classes.index(emotion)).sum())
+        images.append(generated)
+    total = per_emotion * len(pipe.classes)
+    result = {
+        "emo_a": sum(hits.values()) / total,
+        "num_images": total,
+        "per_emotion": {e: h / per_emotion for e, h in hits.items()},
+    }
+    return result, images
+
+
 def save_generation(output: GenerationOutput, out_dir: str | Path, stem: str = "image") -> list[Path]:
     """Writes ``<stem>_NNN.png`` and ``settings.json`` into ``out_dir``; returns the image paths."""
     out = Path(out_dir)

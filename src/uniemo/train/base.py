@@ -176,21 +176,11 @@ def train_clip(cfg: BaseConfig, images: torch.Tensor, parts: list[tuple], tokeni
 
 
 def stand_in_vae(cfg: BaseConfig) -> Any:
-    from diffusers import AutoencoderKL
+    from uniemo.models.diffusion import tiny_vae
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
-        return AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-            sample_size=cfg.image_size,
-        )
+        return tiny_vae(cfg.image_size, norm_num_groups=16)
 
 
 def train_vae(cfg: BaseConfig, images: torch.Tensor) -> tuple[Any, dict]:
