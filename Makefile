@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast lint benchmark clean
+.PHONY: demo test test-fast test-reference lint benchmark clean
 
 $(BIN)/uniemo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,22 @@ test: $(BIN)/uniemo
 
 test-fast: $(BIN)/uniemo
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Reference tests compare our metrics with the original packages (lpips, torch-fidelity), which need torchvision.
+# The one torch/torchvision pair that imports here is torch 2.14.1 + torchvision 0.29.1 (5.5 GB), so they get their
+# own venv.
+REF_VENV := .venv-ref
+REF_TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+$(REF_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install --quiet --upgrade pip
+	$(REF_VENV)/bin/pip install --quiet $(REF_TORCH_PIN)
+	$(REF_VENV)/bin/pip install --quiet -e ".[test]" lpips torch-fidelity
+	@touch $@
+
+test-reference: $(REF_VENV)/.installed
+	$(REF_VENV)/bin/python -m pytest -q -m reference
 
 lint: $(BIN)/uniemo
 	$(BIN)/ruff check src tests benchmarks

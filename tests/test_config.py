@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from uniemo.config import JointRunConfig, UnderstandingRunConfig, load_config, parse_overrides, save_config
+from uniemo.config import (
+    FeedbackRunConfig,
+    JointRunConfig,
+    UnderstandingRunConfig,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from uniemo.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -16,6 +23,14 @@ def test_there_are_paper_and_tiny_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads(path):
+    if "feedback" in path.stem:
+        cfg = load_config(path, cls=FeedbackRunConfig)
+        assert cfg.data.root == "" and cfg.feedback.checkpoint == ""
+        assert (cfg.feedback.eta, cfg.feedback.delta, cfg.feedback.rho) == (0.2, 0.8, 0.2)  # the paper's
+        for cls in (JointRunConfig, UnderstandingRunConfig):
+            with pytest.raises(ConfigError, match="explicit-feedback config: use it with `uniemo feedback`"):
+                load_config(path, cls=cls)
+        return
     if "joint" in path.stem or path.stem.endswith(("sd15", "sdxl")):  # stage 2
         cfg = load_config(path, cls=JointRunConfig)
         assert cfg.data.root == "" and cfg.joint.understanding == ""

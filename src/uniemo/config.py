@@ -172,6 +172,11 @@ class JointConfig:
         mapper_hidden: hidden width of M_E, M_S, M_O.
         mapper_lr: lr of the mappers (``optim.lr`` is the understanding modules' lr).
         space_max_images: training images used for the emotion space (taken evenly from every emotion); 0 = all.
+        init_from: a finished joint checkpoint to continue from (explicit feedback): its understanding model,
+            mappers, priors and diffusion model are used, and ``understanding``, ``diffusion`` and ``prior`` are not.
+        extra_train: a JSON list of extra training images ``[{"path": …, "emotion": …}, …]`` (explicit feedback's
+            selection, repeats allowed) added to the training split; they have no scene/object labels, so L_S
+            and L_O are off for them.
     """
 
     understanding: str = ""
@@ -191,6 +196,8 @@ class JointConfig:
     mapper_hidden: int = 1024
     mapper_lr: float = 1e-3
     space_max_images: int = 0
+    init_from: str | None = None
+    extra_train: str | None = None
 
 
 @dataclass
@@ -217,6 +224,56 @@ class JointRunConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, backbone_lr_scale=0.0, epochs=5))
 
 
+@dataclass
+class FeedbackConfig:
+    """Explicit feedback, paper Alg. 1 (METHOD §6).
+
+    Attributes:
+        checkpoint: the finished joint (stage-2) run to start from; required.
+        images_per_emotion: m, images generated per emotion (seeds ``seed``, ``seed + 1``, …).
+        eta / delta: keep the images whose rank (descending score, per emotion) lies in [η·m, δ·m).
+        rho: the kept images make up this share of the continued training set (repeated when too few).
+        variants: the selections to train with, each a continued joint run of ``optim.max_steps`` steps:
+            ``both`` (Emo-A and Sem-C: the method), ``emo-a`` / ``sem-c`` (single-metric, Table VI) or ``all``
+            (every generated image, no filtering).
+        baseline: also continue training without generated images (the comparison of Tables VI–VII).
+        clip: the CLIP whose image embeddings the Emo-A classifier and Sem-C read (e.g.
+            ``openai/clip-vit-large-patch14``; ``uniemo-standin`` on the built-in dataset); required.
+        emo_classifier: a trained Emo-A classifier (``uniemo train emo-classifier``); ``None`` trains one on the
+            training split into ``<output_dir>/emo-classifier``.
+        sem_classes: Sem-C's class names: ``dataset`` (the dataset's scene and object names) or
+            ``SCENES.txt,OBJECTS.txt``.
+        steps / guidance / scheduler: sampling settings of every generated image.
+        metrics_skip: generation metrics left out of the report (e.g. ``[lpips]`` without LPIPS weights).
+        fid_network: ``inception`` or ``clip`` (see ``uniemo evaluate generation``).
+        pairs: image pairs per emotion for LPIPS and Sem-D.
+    """
+
+    checkpoint: str = ""
+    images_per_emotion: int = 100
+    eta: float = 0.2
+    delta: float = 0.8
+    rho: float = 0.2
+    variants: list[str] = field(default_factory=lambda: ["both"])
+    baseline: bool = True
+    clip: str = ""
+    emo_classifier: str | None = None
+    sem_classes: str = "dataset"
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str | None = None
+    metrics_skip: list[str] = field(default_factory=list)
+    fid_network: Literal["inception", "clip"] = "inception"
+    pairs: int = 1000
+
+
+@dataclass
+class FeedbackRunConfig(JointRunConfig):
+    """``uniemo feedback``: a joint run's settings (used for the continued training) and ``feedback``."""
+
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading, overrides and type checking
 
@@ -229,6 +286,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return "list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "list of " + _type_name(typing.get_args(tp)[0])
     return getattr(tp, "__name__", str(tp))
 
 
@@ -253,6 +312,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -366,6 +428,8 @@ def load_config(
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         values = loaded
     stage2 = "joint" in values
+    if path is not None and "feedback" in values and cls is not FeedbackRunConfig:
+        raise ConfigError(f"{path} is an explicit-feedback config: use it with `uniemo feedback`")
     if path is not None and stage2 != (cls is JointRunConfig) and cls in (JointRunConfig, UnderstandingRunConfig):
         this, other = (
             ("stage-2 (joint)", "train joint") if stage2 else ("stage-1 (understanding)", "train understanding")

@@ -15,3 +15,7 @@ class DataError(UniEmoError):
 
 class CheckpointError(UniEmoError):
     """A checkpoint directory that is missing files, holds another architecture, or holds unsafe weights."""
+
+
+class MetricNetworkError(UniEmoError):
+    """A metric's pretrained network (e.g. LPIPS' AlexNet) whose weights are not on this machine."""

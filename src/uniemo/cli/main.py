@@ -24,6 +24,20 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def _quiet_loading_bars(command: str) -> None:
+    """transformers' and diffusers' per-load progress bars ("Loading weights", "Loading pipeline components")
+    would fill stderr around our own; download bars (huggingface_hub's) stay."""
+    if command in ("synth", "architectures"):
+        return
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    if command in ("generate", "train", "feedback", "demo"):  # these import diffusers anyway
+        import diffusers.utils.logging
+
+        diffusers.utils.logging.disable_progress_bar()
+
+
 # --------------------------------------------------------------------------------------------------------------
 def cmd_synth(args: argparse.Namespace) -> int:
     from uniemo.data.synth import SynthConfig, write_synthetic_dataset
@@ -97,7 +111,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from uniemo.pipelines.generation import UniEmoPipeline, save_generation
+    from uniemo.pipelines.generation import UniEmoPipeline
 
     if not args.emotion and not args.reference:
         raise UniEmoError("give --emotion NAME (or NAME=WEIGHT, repeated) or --reference IMAGE")
@@ -108,6 +122,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.dtype or ("float16" if device.startswith("cuda") else "float32")
     ]
     pipe = UniEmoPipeline.from_pretrained(args.checkpoint, device=device, diffusion=args.diffusion, dtype=dtype)
+    if args.emotion == ["all"]:  # one folder per emotion: the layout `uniemo evaluate generation` reads
+        total = 0
+        for emotion in pipe.classes:
+            args.emotion = [emotion]
+            total += _generate_one(pipe, args, Path(args.out) / emotion)
+        print(f"wrote {total} image(s) to {args.out}/<emotion>/ ({len(pipe.classes)} emotions)")
+        return 0
+    count = _generate_one(pipe, args, Path(args.out))
+    print(f"wrote {count} image(s) and settings.json to {args.out}")
+    return 0
+
+
+def _generate_one(pipe, args: argparse.Namespace, out: Path) -> int:
+    from uniemo.pipelines.generation import save_generation
+
     output = pipe(
         emotion=args.emotion or None,
         prompt=args.prompt,
@@ -122,9 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     output.settings["checkpoint"] = str(args.checkpoint)
     stem = "reference" if args.reference else "-".join(output.settings["emotions"])
-    paths = save_generation(output, args.out, stem)
-    print(f"wrote {len(paths)} image(s) and settings.json to {args.out}")
-    return 0
+    return len(save_generation(output, out, stem))
 
 
 def _collect_images(inputs: list[str]) -> list[Path]:
@@ -175,6 +202,86 @@ def cmd_classify(args: argparse.Namespace) -> int:
             tqdm.write(line, file=sys.stdout)
     if failed == len(paths):
         raise UniEmoError(f"none of the {len(paths)} input(s) could be read as an image")
+    return 0
+
+
+def cmd_train_emo_classifier(args: argparse.Namespace) -> int:
+    from uniemo.metrics.networks import train_emotion_classifier
+
+    result = train_emotion_classifier(
+        args.data,
+        args.clip,
+        args.out,
+        data_format=args.format,
+        epochs=args.epochs,
+        hidden=args.hidden,
+        lr=args.lr,
+        seed=args.seed,
+        cache_dir=args.cache,
+        device=args.device,
+    )
+    accuracies = ", ".join(
+        f"{name} accuracy {result[key]:.2%}"
+        for name, key in (("val", "val_accuracy"), ("test", "test_accuracy"))
+        if result[key] is not None
+    )
+    print(
+        f"Emo-A classifier on {args.clip}'s image embeddings of {result['num_train']} training images: "
+        f"{accuracies or 'no val/test split'}; saved to {result['out']}"
+    )
+    return 0
+
+
+def cmd_evaluate_generation(args: argparse.Namespace) -> int:
+    from uniemo.metrics.suite import (
+        GenerationEvaluator,
+        GenerationMetricsConfig,
+        format_report,
+        load_generated,
+        read_generated,
+    )
+
+    cfg = GenerationMetricsConfig(
+        emo_classifier=args.emo_classifier,
+        clip=args.clip,
+        fid_network=args.fid_network,
+        inception_weights=args.inception_weights,
+        lpips_alexnet=args.lpips_alexnet,
+        lpips_linear=args.lpips_linear,
+        sem_classes=args.sem_classes,
+        pairs=args.pairs,
+        seed=args.seed,
+        split=args.split,
+        legacy=args.legacy,
+        skip=tuple(args.skip),
+        device=args.device,
+    )
+    suite = GenerationEvaluator(cfg, args.reference)
+    images, bad = load_generated(read_generated(args.images, suite.classes))
+    report = suite.evaluate(images)
+    report["images"] = str(args.images)
+    report["unreadable"] = bad
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['num_images']} generated images of {len(report['per_emotion_n'])} emotions in {args.images}")
+    print(format_report(report))
+    if bad:
+        print(f"skipped {len(bad)} unreadable image(s), e.g. {bad[0]}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from uniemo.config import FeedbackRunConfig, load_config
+    from uniemo.train.feedback import format_feedback_report, run_feedback
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides, cls=FeedbackRunConfig)
+    report = run_feedback(cfg)
+    print(format_feedback_report(report))
+    print(f"report: {cfg.output_dir}/report.json and report.md")
     return 0
 
 
@@ -279,6 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.set_defaults(func=cmd_train_base)
 
+    t = stages.add_parser("emo-classifier", help="the Emo-A classifier: a head on CLIP image embeddings (METHOD §7)")
+    t.add_argument("data", help="dataset directory; the head trains on its training split")
+    t.add_argument("--clip", required=True, help="pretrained CLIP: hub id, directory, or uniemo-standin")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--format", default="auto", help="dataset layout (default: detected)")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--hidden", type=int, default=512, help="hidden width of the two-layer head (default 512)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cache", default=None, help="feature cache directory (default: <out>-feature-cache)")
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=cmd_train_emo_classifier)
+
     p = sub.add_parser("generate", help="generate emotion-evoking images from a joint checkpoint")
     p.add_argument("--checkpoint", required=True, help="joint run or checkpoint directory")
     p.add_argument(
@@ -286,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME[=W]",
-        help="emotion to evoke; repeat with weights to fuse (--emotion amusement=0.5 --emotion awe=0.5)",
+        help="emotion to evoke; repeat with weights to fuse (--emotion amusement=0.5 --emotion awe=0.5); "
+        "'all': every emotion, each into <out>/<emotion>/",
     )
     p.add_argument("--prompt", default=None, help="content to transfer the emotion onto (e.g. 'a bench')")
     p.add_argument("--reference", default=None, metavar="IMAGE", help="evoke this image's feeling instead")
@@ -334,6 +455,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_understanding)
+    e = kinds.add_parser("generation", help="FID, LPIPS, Emo-A, Sem-C, Sem-D of generated images (METHOD §7)")
+    e.add_argument("--images", required=True, help="generated images in <emotion>/ sub-folders")
+    e.add_argument("--reference", required=True, help="the real dataset (FID reference, Sem-C class names)")
+    e.add_argument("--split", default="test", help="FID reference split (default test)")
+    e.add_argument("--emo-classifier", default=None, help="Emo-A classifier (`uniemo train emo-classifier`)")
+    e.add_argument("--clip", default=None, help="CLIP for Sem-C/Sem-D (default: the Emo-A classifier's)")
+    e.add_argument("--fid-network", default="inception", choices=["inception", "clip"])
+    e.add_argument("--inception-weights", default=None, help="torch-fidelity's Inception-V3 weight file")
+    e.add_argument("--lpips-alexnet", default=None, help="torchvision's AlexNet weight file for LPIPS")
+    e.add_argument("--lpips-linear", default=None, help="LPIPS' linear-layer file (v0.1 alex.pth)")
+    e.add_argument("--sem-classes", default="dataset", help="'dataset' or SCENES.txt,OBJECTS.txt (class names)")
+    e.add_argument("--pairs", type=int, default=1000, help="image pairs per emotion for LPIPS/Sem-D (default 1000)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the pairs")
+    e.add_argument("--legacy", action="store_true", help="EmoGen's protocol (whole-dataset FID reference, …)")
+    e.add_argument(
+        "--skip", action="append", default=[], metavar="METRIC", help="leave out fid, lpips, emo-a, sem-c or sem-d"
+    )
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", default=None, help="also write the report to this JSON file")
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    e.set_defaults(func=cmd_evaluate_generation)
+
+    p = sub.add_parser("feedback", help="explicit feedback (Alg. 1): generate, filter, retrain, compare")
+    p.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny-feedback)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. feedback.rho=0.3")
+    p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("demo", help="the whole pipeline on the built-in dataset")
     p.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
@@ -356,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        _quiet_loading_bars(args.command)
         return args.func(args)
     except UniEmoError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,18 +25,20 @@ from uniemo.checkpoint import (
     atomic_directory,
     load_training_state,
     load_weights,
+    read_meta,
     recover_directory,
+    resolve_checkpoint,
     save_model,
     save_training_state,
 )
 from uniemo.config import JointRunConfig, config_to_dict
-from uniemo.data.datasets import EmotionImageDataset, collate, open_dataset
+from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset
 from uniemo.data.transforms import ClipTransform
-from uniemo.errors import ConfigError, DataError
+from uniemo.errors import CheckpointError, ConfigError, DataError
 from uniemo.losses import supervised_contrastive
 from uniemo.metrics.classification import classification_report
 from uniemo.models.diffusion import diffusion_loss, load_stable_diffusion
-from uniemo.models.factory import is_architecture_name, resolve_spec
+from uniemo.models.factory import is_architecture_name
 from uniemo.models.fusion import classifier_prior, cooccurrence_prior, emotion_space, train_prior_head
 from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
 from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
@@ -106,36 +108,6 @@ def dataset_features(model: UniEmoModel, dataset: EmotionImageDataset, batch_siz
     return {"features": result, "labels": torch.cat(labels)}
 
 
-@torch.no_grad()
-def _clip_image_features(
-    spec: str, samples: list, device: Any, batch_size: int = 64
-) -> tuple[torch.Tensor, list[int]]:
-    """(N', d) L2-normalised projected CLIP image embeddings of the readable images, and their sample indices."""
-    from transformers import CLIPVisionModelWithProjection
-
-    from uniemo.models.factory import from_pretrained_or_explain
-
-    model = from_pretrained_or_explain(
-        CLIPVisionModelWithProjection,
-        resolve_spec(spec, "clip"),
-        "the CLIP image tower of the prior",
-        "a CLIP checkpoint (hub id or directory) with both towers, or joint.prior=cooccurrence",
-        dtype=torch.float32,
-    ).eval()
-    model.to(device)
-    dataset = EmotionImageDataset(samples, ClipTransform(int(model.config.image_size)))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
-    chunks, indices = [], []
-    for batch in loader:
-        if "pixel_values" in batch:
-            embeds = model(pixel_values=batch["pixel_values"].to(device)).image_embeds
-            chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
-            indices.extend(batch["index"].tolist())
-    if not chunks:
-        raise DataError("no readable training image for the classifier prior")
-    return torch.cat(chunks), indices
-
-
 def compute_prior(
     cfg: JointRunConfig,
     model: UniEmoModel,
@@ -166,7 +138,11 @@ def compute_prior(
         model.prior_scene.copy_(cooccurrence_prior(scene_ids, labels, len(scene_vocab), k))
         model.prior_object.copy_(cooccurrence_prior(object_ids, labels, len(object_vocab), k))
         return "cooccurrence"
-    features, indices = _clip_image_features(spec, samples, device)
+    from uniemo.metrics.networks import ClipNetwork
+
+    features, indices = ClipNetwork(spec, device).embed_samples(samples)
+    if not indices:
+        raise DataError("no readable training image for the classifier prior")
     head = train_prior_head(
         features, torch.tensor([labels[i] for i in indices]), k, epochs=cfg.joint.prior_epochs, seed=cfg.seed
     )
@@ -206,9 +182,46 @@ def _accuracy(model: UniEmoModel, dataset: EmotionImageDataset, classes: list[st
     return classification_report(probs.argmax(1), labels, classes).accuracy
 
 
-def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> tuple[UniEmoModel, EmotionClassifier, Any, Any]:
-    """(UniEmoModel, the stage-1 classifier it starts from, the diffusion pipeline, its PromptEncoder)."""
+@dataclass
+class JointStart:
+    """What a joint run starts from: a stage-1 model (a new run) or a finished joint checkpoint (``init_from``).
+
+    Attributes:
+        model: the UniEmoModel (mappers newly initialised, or the checkpoint's).
+        pipe / encoder: the frozen diffusion pipeline and its placeholder-aware PromptEncoder.
+        classes / scene_vocab / object_vocab: label set and attribute vocabularies.
+        stage1_extra: the stage-1 checkpoint's ``extra`` (its text model and attribute template, for the prior).
+        joint_meta: the ``init_from`` checkpoint's ``model.json`` (None for a new run).
+    """
+
+    model: UniEmoModel
+    pipe: Any
+    encoder: PromptEncoder
+    classes: list[str]
+    scene_vocab: list[str]
+    object_vocab: list[str]
+    stage1_extra: dict[str, Any]
+    joint_meta: dict[str, Any] | None = None
+
+
+def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
+    """The model a joint run trains, from ``joint.understanding`` (new mappers) or ``joint.init_from``."""
     j = cfg.joint
+    if j.init_from:
+        directory = resolve_checkpoint(j.init_from)
+        meta = read_meta(directory, JOINT_KIND)
+        if not meta.get("finished"):
+            raise CheckpointError(f"{directory} is an unfinished joint run: finish it with --resume first")
+        if int(meta.get("resolution", j.resolution)) != j.resolution:
+            raise ConfigError(
+                f"joint.resolution is {j.resolution} but {directory} was trained at {meta['resolution']}: set "
+                f"joint.resolution={meta['resolution']}"
+            )
+        model = UniEmoModel.from_architecture(meta["architecture"])
+        load_weights(directory, model)
+        pipe = load_stable_diffusion(meta["diffusion"], seed=int(meta.get("diffusion_seed", 0)))
+        encoder = PromptEncoder(pipe, meta.get("placeholder", j.placeholder))
+        return JointStart(model, pipe, encoder, meta["classes"], meta["scene_vocab"], meta["object_vocab"], {}, meta)
     stage1 = EmotionClassifier.from_pretrained(j.understanding)
     pipe = load_stable_diffusion(j.diffusion, seed=seed)
     encoder = PromptEncoder(pipe, j.placeholder)
@@ -216,7 +229,36 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> tuple[UniEmoModel, 
     own_head = j.condition_loss == "ce" and sum(encoder.condition_dims) != dim
     temperature = float(stage1.meta.get("extra", {}).get("temperature", 0.07))
     model = UniEmoModel(stage1.model, encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature)
-    return model, stage1, pipe, encoder
+    return JointStart(
+        model, pipe, encoder, stage1.classes, stage1.scene_vocab, stage1.object_vocab, stage1.meta.get("extra", {})
+    )
+
+
+def read_extra_samples(path: str | Path, classes: list[str]) -> list[Sample]:
+    """The ``joint.extra_train`` list (``[{"path", "emotion"}, …]``) as samples without attributes.
+
+    Raises:
+        DataError: the file is unreadable, an entry lacks a field, or names an unknown emotion or a missing file.
+    """
+    file = Path(path)
+    try:
+        entries = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"joint.extra_train {file} is not a readable JSON list ({err})") from None
+    if not isinstance(entries, list):
+        raise DataError(f"joint.extra_train {file} must hold a JSON list of {{'path', 'emotion'}} entries")
+    samples = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "path" not in entry or "emotion" not in entry:
+            raise DataError(f"joint.extra_train {file}: entry {i} needs 'path' and 'emotion'")
+        if entry["emotion"] not in classes:
+            raise DataError(f"joint.extra_train {file}: entry {i} has unknown emotion {entry['emotion']!r}")
+        image = Path(entry["path"])
+        image = image if image.is_absolute() else file.parent / image
+        if not image.is_file():
+            raise DataError(f"joint.extra_train {file}: entry {i} names a missing file {image}")
+        samples.append(Sample(image, classes.index(entry["emotion"])))
+    return samples
 
 
 def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True) -> JointSummary:
@@ -233,7 +275,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     for key, value, example in (
         ("output_dir", cfg.output_dir, "runs/joint"),
         ("data.root", cfg.data.root, "/data/EmoSet-118K"),
-        ("joint.understanding", j.understanding, "runs/stage1"),
+        ("joint.understanding", j.understanding or j.init_from, "runs/stage1"),
     ):
         if not value:
             raise ConfigError(f"{key} is required (e.g. {key}={example})")
@@ -265,8 +307,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     device = accelerator.device
 
     # ---- stage-1 model, diffusion model, data -----------------------------------------------------------------
-    model, stage1, pipe, encoder = build_joint_model(cfg, cfg.seed)
-    classes = stage1.classes
+    start = build_joint_model(cfg, cfg.seed)
+    model, pipe, encoder, classes = start.model, start.pipe, start.encoder, start.classes
     dataset = open_dataset(cfg.data.root, cfg.data.format, cfg.data.fold)
     if list(dataset.classes) != classes:
         raise ConfigError(
@@ -274,12 +316,19 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
             f"({', '.join(classes)}): joint training continues stage 1 on the same label set"
         )
     train_samples = dataset.split(cfg.data.train_split)[: cfg.data.max_train_samples]
+    extra_samples = read_extra_samples(j.extra_train, classes) if j.extra_train else []
     test_samples = dataset.split(cfg.data.test_split)
-    scene_vocab, object_vocab = stage1.scene_vocab, stage1.object_vocab
+    scene_vocab, object_vocab = start.scene_vocab, start.object_vocab
     u = model.understanding
     transform = ClipTransform(u.image_size, augment=cfg.data.augment)
     train_set = EmotionImageDataset(
-        train_samples, transform, scene_vocab, object_vocab, cfg.seed, cfg.data.on_bad_image, j.resolution
+        train_samples + extra_samples,
+        transform,
+        scene_vocab,
+        object_vocab,
+        cfg.seed,
+        cfg.data.on_bad_image,
+        j.resolution,
     )
     eval_transform = ClipTransform(u.image_size)
     test_set = EmotionImageDataset(test_samples, eval_transform, on_bad_image=cfg.data.on_bad_image)
@@ -298,7 +347,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
             part.to(dtype=weight_dtype)
     scaling = float(vae.config.scaling_factor)
 
-    stage1_extra = stage1.meta.get("extra", {})
+    stage1_extra = start.stage1_extra
     text_spec = stage1_extra.get("text_model") or stage1_extra.get("backbone") or ""
     if cfg.optim.backbone_lr_scale == 0:
         u.vision.requires_grad_(False)
@@ -310,8 +359,13 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     counters: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_images": 0}
     model.to(device)
     if not resume:
-        template = stage1_extra.get("attribute_template", "{}")
-        prior_used = compute_prior(cfg, model, train_samples, scene_vocab, object_vocab, text_spec, device, template)
+        if start.joint_meta is not None:  # continuing a joint model: its priors come with its weights
+            prior_used = start.joint_meta.get("prior", "")
+        else:
+            template = stage1_extra.get("attribute_template", "{}")
+            prior_used = compute_prior(
+                cfg, model, train_samples, scene_vocab, object_vocab, text_spec, device, template
+            )
         counters["prior"] = prior_used
         counters["accuracy_before"] = _accuracy(model, test_set, classes, micro_batch) if is_main else float("nan")
         accelerator.wait_for_everyone()
@@ -337,14 +391,17 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         "classes": classes,
         "scene_vocab": scene_vocab,
         "object_vocab": object_vocab,
-        "diffusion": spec_for_meta(j.diffusion),
-        "diffusion_seed": cfg.seed,  # rebuilds the random tiny-sd / tiny-sdxl test models alike
+        "diffusion": start.joint_meta["diffusion"] if start.joint_meta else spec_for_meta(j.diffusion),
+        # rebuilds the random tiny-sd / tiny-sdxl test models alike
+        "diffusion_seed": start.joint_meta.get("diffusion_seed", 0) if start.joint_meta else cfg.seed,
         "resolution": j.resolution,
         "placeholder": j.placeholder,
         "template": j.template,
         "prior": counters["prior"],
         "condition_loss": j.condition_loss,
-        "stage1": spec_for_meta(j.understanding),
+        "stage1": start.joint_meta["stage1"] if start.joint_meta else spec_for_meta(j.understanding),
+        "init_from": spec_for_meta(j.init_from) if j.init_from else None,
+        "extra_train": len(extra_samples),
         "accuracy_before": counters["accuracy_before"],
         "finished": False,
         "extra": {"dataset": str(dataset.root), "temperature": model_temperature(accelerator.unwrap_model(model))},
@@ -354,9 +411,10 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         out_dir.mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers("joint", config=flat_dict(config_to_dict(cfg)))
         logger.info(
-            "stage 2: %d train images, %s (%s), L_cond=%s, α=%s, %d steps of batch %d",
+            "stage 2: %d train images (%d generated), %s (%s), L_cond=%s, α=%s, %d steps of batch %d",
             len(train_set),
-            j.diffusion,
+            len(extra_samples),
+            meta["diffusion"],
             "SDXL" if encoder.is_xl else "SD",
             j.condition_loss,
             j.alpha,

@@ -1,0 +1,295 @@
+"""Explicit feedback, paper Alg. 1 (METHOD §6): generate, score, filter, mix into training, continue, compare.
+
+Read top to bottom: the finished joint run → the Emo-A classifier (given, or trained on CLIP features) and the
+evaluation suite → m images per emotion (``generated/``) → their Emo-A and Sem-C scores → for each variant a
+selection (rank in [η·m, δ·m) per emotion, on both scores or one), mixed in at ρ → a continued joint run
+(``variants/<name>/run``) → the same m images per emotion regenerated from it → accuracy and generation metrics
+of every variant (and of the baseline, continued without generated images) in ``report.json`` / ``report.md``.
+
+Every stage is kept on disk and reused when the command is run again (an interrupted continued run resumes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uniemo.checkpoint import read_meta, resolve_checkpoint
+from uniemo.config import FeedbackRunConfig, JointRunConfig, save_config
+from uniemo.errors import ConfigError, DataError
+from uniemo.metrics import generation as gm
+from uniemo.pipelines.classifier import JOINT_KIND
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("both", "emo-a", "sem-c", "all")
+BASELINE = "baseline"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Alg. 1's selection and the ρ mix (pure)
+
+
+def rank_window(scores: np.ndarray, eta: float, delta: float) -> np.ndarray:
+    """Boolean mask of the items whose rank in descending ``scores`` lies in [η·m, δ·m) (ties: earlier first).
+
+    >>> rank_window(np.array([0.9, 0.1, 0.5, 0.7, 0.3]), 0.2, 0.8).tolist()   # ranks 0, 4, 2, 1, 3
+    [False, False, True, True, True]
+    """
+    m = len(scores)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m)
+    return (rank >= math.ceil(eta * m - 1e-9)) & (rank < math.ceil(delta * m - 1e-9))
+
+
+def select_images(
+    emo_scores: np.ndarray,
+    sem_scores: np.ndarray,
+    groups: np.ndarray,
+    eta: float,
+    delta: float,
+    criteria: str = "both",
+) -> np.ndarray:
+    """Indices of the images Alg. 1 keeps: ranked within each group (target emotion) on the Emo-A score, the
+    Sem-C score or both (the intersection); ``all`` keeps every image.
+
+    Raises:
+        ConfigError: bad thresholds or an unknown criterion.
+    """
+    if not 0 <= eta < delta <= 1:
+        raise ConfigError(f"the thresholds must satisfy 0 ≤ η < δ ≤ 1, got η={eta}, δ={delta}")
+    if criteria not in VARIANTS:
+        raise ConfigError(f"unknown selection '{criteria}'; choose from {', '.join(VARIANTS)}")
+    keep = np.zeros(len(groups), dtype=bool)
+    for group in np.unique(groups):
+        idx = np.flatnonzero(groups == group)
+        emo = rank_window(emo_scores[idx], eta, delta)
+        sem = rank_window(sem_scores[idx], eta, delta)
+        keep[idx] = {"both": emo & sem, "emo-a": emo, "sem-c": sem, "all": np.ones(len(idx), bool)}[criteria]
+    return np.flatnonzero(keep)
+
+
+def mix_count(num_real: int, rho: float) -> int:
+    """How many generated images make up the share ρ of a training set with ``num_real`` real images."""
+    if not 0 <= rho < 1:
+        raise ConfigError(f"rho must lie in [0, 1), got {rho}")
+    return round(rho / (1 - rho) * num_real)
+
+
+def mix_in(selected: np.ndarray, num_real: int, rho: float, seed: int = 0) -> np.ndarray:
+    """The generated images to add (indices into the selection's source, repeats allowed): ``mix_count`` of them,
+    the selection shuffled once (fixed seed) and cycled through when it is smaller than that."""
+    need = mix_count(num_real, rho)
+    if need == 0 or len(selected) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(np.asarray(selected, dtype=np.int64))
+    return np.resize(order, need)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: dict[str, Any]) -> dict[str, list]:
+    """m images per emotion into ``out/<emotion>/NNN.png`` (image i of every emotion uses seed ``seed + i``);
+    reuses a folder that already holds its m images (a ``done.json`` marks it)."""
+    from tqdm.auto import tqdm
+
+    from uniemo.data.images import load_image
+
+    images: dict[str, list] = {}
+    for emotion in tqdm(classes, desc=f"generate {out.name}", leave=False):
+        folder = out / emotion
+        done = folder / "done.json"
+        if done.is_file() and json.loads(done.read_text()) == {"m": m, **settings}:
+            images[emotion] = [load_image(folder / f"{i:04d}.png") for i in range(m)]
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        generated = pipe(emotion, num_images=m, **settings).images
+        for i, image in enumerate(generated):
+            image.save(folder / f"{i:04d}.png")
+        done.write_text(json.dumps({"m": m, **settings}))
+        images[emotion] = generated
+    return images
+
+
+def _joint_config(cfg: FeedbackRunConfig, run_dir: Path, extra: Path | None, resolution: int) -> JointRunConfig:
+    """The continued joint run of one variant: the feedback config's own joint settings, from the checkpoint."""
+    joint = JointRunConfig(**{k: v for k, v in vars(copy.deepcopy(cfg)).items() if k != "feedback"})
+    joint.output_dir = str(run_dir)
+    joint.joint.init_from = cfg.feedback.checkpoint
+    joint.joint.extra_train = str(extra) if extra else None
+    joint.joint.resolution = resolution
+    return joint
+
+
+def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any]:
+    """Runs Alg. 1 as configured; returns (and writes to ``output_dir/report.json``) the comparison.
+
+    Raises:
+        ConfigError / DataError / CheckpointError / MetricNetworkError: bad settings, data, checkpoint or network.
+    """
+    from uniemo.data.datasets import open_dataset
+    from uniemo.metrics.networks import EmotionFeatureClassifier, train_emotion_classifier
+    from uniemo.metrics.suite import GenerationEvaluator, GenerationMetricsConfig, format_report
+    from uniemo.pipelines.generation import UniEmoPipeline
+    from uniemo.train.joint import train_joint
+
+    f = cfg.feedback
+    for key, value, example in (
+        ("output_dir", cfg.output_dir, "runs/feedback"),
+        ("data.root", cfg.data.root, "/data/EmoSet-118K"),
+        ("feedback.checkpoint", f.checkpoint, "runs/joint"),
+        ("feedback.clip", f.clip, "openai/clip-vit-large-patch14"),
+    ):
+        if not value:
+            raise ConfigError(f"{key} is required (e.g. {key}={example})")
+    unknown = [v for v in f.variants if v not in VARIANTS]
+    if unknown or not f.variants:
+        raise ConfigError(f"feedback.variants must list some of {', '.join(VARIANTS)}, got {f.variants}")
+    if {"emo-a", "sem-c"} & set(f.metrics_skip):
+        raise ConfigError("Alg. 1 ranks by Emo-A and Sem-C: do not list them in feedback.metrics_skip")
+    if f.images_per_emotion < 2:
+        raise ConfigError("feedback.images_per_emotion must be at least 2")
+    select_images(np.zeros(1), np.zeros(1), np.zeros(1), f.eta, f.delta)  # checks η, δ before any work
+    mix_count(1, f.rho)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+    start_dir = resolve_checkpoint(f.checkpoint)
+    meta = read_meta(start_dir, JOINT_KIND)
+    if not meta.get("finished"):
+        raise ConfigError(f"{start_dir} is an unfinished joint run: finish it with `uniemo train joint … --resume`")
+    dataset = open_dataset(cfg.data.root, cfg.data.format, cfg.data.fold)
+    classes = list(dataset.classes)
+    if classes != list(meta["classes"]):
+        raise ConfigError(f"the dataset's classes ({', '.join(classes)}) differ from {start_dir}'s")
+    num_real = len(dataset.split(cfg.data.train_split)[: cfg.data.max_train_samples])
+
+    # ---- the Emo-A classifier and the evaluation suite -------------------------------------------------------
+    clf_dir = Path(f.emo_classifier) if f.emo_classifier else out / "emo-classifier"
+    if not f.emo_classifier and not (clf_dir / "model.json").is_file():
+        logger.info("training the Emo-A classifier on %s's CLIP image embeddings", f.clip)
+        train_emotion_classifier(dataset.root, f.clip, clf_dir, data_format=cfg.data.format, seed=cfg.seed)
+    emo_clf = EmotionFeatureClassifier.from_pretrained(clf_dir)
+    metrics_cfg = GenerationMetricsConfig(
+        emo_classifier=str(clf_dir),
+        clip=f.clip,
+        fid_network=f.fid_network,
+        sem_classes=f.sem_classes,
+        pairs=f.pairs,
+        seed=cfg.seed,
+        split=cfg.data.test_split,
+        skip=tuple(f.metrics_skip),
+    )
+    suite = GenerationEvaluator(metrics_cfg, dataset)
+    settings = {"steps": f.steps, "guidance": f.guidance, "scheduler": f.scheduler, "seed": cfg.seed}
+
+    # ---- generate m per emotion with the joint model and score them -----------------------------------------
+    pipe = UniEmoPipeline.from_pretrained(start_dir)
+    images = _generate_all(pipe, classes, f.images_per_emotion, out / "generated", settings)
+    del pipe
+    flat = [(e, i) for e in classes for i in range(len(images[e]))]
+    groups = np.array([classes.index(e) for e, _ in flat])
+    embeds = suite.clip.embed_images([images[e][i] for e, i in flat])
+    emo_scores = gm.target_probabilities(emo_clf.probabilities(embeds).numpy(), groups)
+    sem_scores = suite.sem_c_scores(embeds)
+    scores = [
+        {"file": f"generated/{e}/{i:04d}.png", "emotion": e, "emo_a_score": float(a), "sem_c_score": float(b)}
+        for (e, i), a, b in zip(flat, emo_scores, sem_scores)
+    ]
+    (out / "scores.json").write_text(json.dumps(scores, indent=1))
+    report: dict[str, Any] = {
+        "checkpoint": str(start_dir),
+        "dataset": str(dataset.root),
+        "m": f.images_per_emotion,
+        "eta": f.eta,
+        "delta": f.delta,
+        "rho": f.rho,
+        "continued_steps": cfg.optim.max_steps,
+        "start": {"accuracy": meta.get("accuracy_after"), "generation": suite.evaluate(images)},
+        "variants": {},
+    }
+
+    # ---- each variant: select, mix, continue training, regenerate, evaluate -----------------------------------
+    names = ([BASELINE] if f.baseline else []) + list(dict.fromkeys(f.variants))
+    for name in names:
+        folder = out / "variants" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        extra_file, kept, added = None, 0, 0
+        if name != BASELINE:
+            chosen = select_images(emo_scores, sem_scores, groups, f.eta, f.delta, name)
+            kept = len(chosen)
+            if kept == 0:
+                raise DataError(f"variant '{name}' keeps no generated image (η={f.eta}, δ={f.delta}, m={len(flat)})")
+            mixed = mix_in(chosen, num_real, f.rho, cfg.seed)
+            added = len(mixed)
+            entries = [
+                {"path": str((out / scores[i]["file"]).resolve()), "emotion": scores[i]["emotion"]} for i in mixed
+            ]
+            extra_file = folder / "extra_train.json"
+            extra_file.write_text(json.dumps(entries, indent=1))
+        run_dir = folder / "run"
+        joint_cfg = _joint_config(cfg, run_dir, extra_file, int(meta.get("resolution", cfg.joint.resolution)))
+        finished = (run_dir / "summary.json").is_file()
+        if not finished:
+            resume = (run_dir / "last" / "training_state.json").is_file()
+            logger.info("variant %s: continuing joint training for %d steps", name, cfg.optim.max_steps)
+            train_joint(joint_cfg, resume=resume, progress=progress)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        pipe = UniEmoPipeline.from_pretrained(run_dir)
+        after = _generate_all(pipe, classes, f.images_per_emotion, folder / "generated", settings)
+        del pipe
+        report["variants"][name] = {
+            "kept": kept,
+            "added": added,
+            "train_images": num_real + added,
+            "accuracy": summary["accuracy_after"],
+            "generation": suite.evaluate(after),
+        }
+        logger.info("variant %s:\n%s", name, format_report(report["variants"][name]["generation"]))
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(format_feedback_report(report))
+    return report
+
+
+def format_feedback_report(report: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (paper Table VI's columns)."""
+
+    def cell(gen: dict[str, Any], key: str, fmt: str) -> str:
+        value = gen.get(key, {}).get("value")
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = [
+        f"# Explicit feedback (Alg. 1): m = {report['m']} per emotion, η = {report['eta']}, δ = {report['delta']}, "
+        f"ρ = {report['rho']}, {report['continued_steps']} continued steps",
+        "",
+        "| variant | kept | added | accuracy | FID | LPIPS | Emo-A | Sem-C | Sem-D |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [("start (joint run)", {"kept": "", "added": "", **report["start"]})]
+    rows += [(name, v) for name, v in report["variants"].items()]
+    for name, v in rows:
+        gen = v["generation"]
+        acc = v.get("accuracy")
+        lines.append(
+            f"| {name} | {v['kept']} | {v['added']} | {'n/a' if acc is None else format(acc, '.2%')} | "
+            f"{cell(gen, 'fid', '.2f')} | {cell(gen, 'lpips', '.4f')} | {cell(gen, 'emo-a', '.2%')} | "
+            f"{cell(gen, 'sem-c', '.4f')} | {cell(gen, 'sem-d', '.4f')} |"
+        )
+    start = report["start"]["generation"]
+    lines += ["", f"N: {start['num_images']} generated images per row; networks:"]
+    lines += [f"- {k}: {v}" for k, v in start["networks"].items()]
+    return "\n".join(lines) + "\n"

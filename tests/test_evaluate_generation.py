@@ -1,0 +1,158 @@
+"""`uniemo train emo-classifier`, `uniemo generate --emotion all` and `uniemo evaluate generation`: the networks,
+the suite's numbers against hand computations, and one-line errors for what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from uniemo.cli.main import main
+from uniemo.constants import CLIP_MEAN, CLIP_STD
+from uniemo.metrics import generation as gm
+from uniemo.metrics.networks import ClipNetwork, ClipPreprocess, EmotionFeatureClassifier
+
+
+@pytest.fixture(scope="module")
+def emo_classifier(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("emo") / "clf"
+    assert main(["train", "emo-classifier", str(synth_dir), "--clip", "uniemo-standin", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated(joint_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "images"
+    args = ["generate", "--checkpoint", str(joint_run), "--emotion", "all", "--num-images", "3", "--steps", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    return out
+
+
+def test_preprocessing_rescales_once_and_legacy_reproduces_the_double_rescale():
+    white = Image.new("RGB", (40, 30), (255, 255, 255))
+    black = Image.new("RGB", (40, 30), (0, 0, 0))
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    correct = ClipPreprocess(16)
+    assert correct(white).shape == (3, 16, 16)
+    assert torch.allclose(correct(white), ((1 - mean) / std).expand(3, 16, 16), atol=1e-6)
+    assert torch.allclose(correct(black), (-mean / std).expand(3, 16, 16), atol=1e-6)
+    legacy = ClipPreprocess(16, double_rescale=True)  # EmoGen: [0, 1] images divided by 255 again
+    assert torch.allclose(legacy(white), ((1 / 255 - mean) / std).expand(3, 16, 16), atol=1e-6)
+
+
+def test_emo_classifier_trains_caches_features_and_reloads(emo_classifier, synth_dir, monkeypatch, capsys):
+    clf = EmotionFeatureClassifier.from_pretrained(emo_classifier)
+    assert clf.clip == "uniemo-standin" and len(clf.classes) == 8
+    assert clf.meta["num_train"] == 320 and 0.125 < clf.meta["test_accuracy"] <= 1  # above chance
+    # a second run reads the cached features: no image reaches CLIP
+    calls: list[int] = []
+    embed = ClipNetwork.embed_pixels
+    monkeypatch.setattr(ClipNetwork, "embed_pixels", lambda self, px: calls.append(len(px)) or embed(self, px))
+    again = emo_classifier.parent / "again"
+    argv = ["train", "emo-classifier", str(synth_dir), "--clip", "uniemo-standin", "--out", str(again)]
+    argv += ["--cache", str(emo_classifier.parent / "clf-feature-cache")]
+    assert main(argv) == 0
+    assert calls == []
+    assert EmotionFeatureClassifier.from_pretrained(again).meta["test_accuracy"] == clf.meta["test_accuracy"]
+    # a changed training image invalidates the training split's cache entry only
+    some = next((synth_dir / "image").rglob("*.jpg"))
+    train_files = {str(p) for p in (synth_dir / "image").rglob("*.jpg")}
+    assert str(some) in train_files
+    stat = some.stat()
+    os.utime(some, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    try:
+        assert main(argv) == 0
+    finally:
+        os.utime(some, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sum(calls) in (320, 64, 96)  # exactly one split was read again
+
+
+def test_generate_all_writes_one_folder_per_emotion(generated):
+    folders = sorted(p.name for p in generated.iterdir())
+    assert len(folders) == 8
+    assert all(len(list((generated / f).glob("*.png"))) == 3 for f in folders)
+
+
+def test_suite_numbers_equal_hand_computations(generated, synth_dir, emo_classifier, capsys):
+    argv = [
+        "evaluate",
+        "generation",
+        "--images",
+        str(generated),
+        "--reference",
+        str(synth_dir),
+        "--emo-classifier",
+        str(emo_classifier),
+        "--fid-network",
+        "clip",
+        "--skip",
+        "lpips",
+        "--pairs",
+        "2",
+        "--json",
+    ]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 24 and report["emo-a"]["n"] == 24
+    # by hand: CLIP embeddings with correct preprocessing, the classifier, the pairs, the formulas
+    clip = ClipNetwork("uniemo-standin")
+    clf = EmotionFeatureClassifier.from_pretrained(emo_classifier)
+    hits, sem_d = [], []
+    for emotion in clf.classes:
+        images = [Image.open(p).convert("RGB") for p in sorted((generated / emotion).glob("*.png"))]
+        pixels = torch.stack([ClipPreprocess(clip.image_size)(im) for im in images])
+        embeds = clip.embed_pixels(pixels)
+        hits += (clf.probabilities(embeds).argmax(1) == clf.classes.index(emotion)).tolist()
+        pairs = gm.sample_pairs(3, 2, 0)
+        sem_d.append(np.mean([np.mean((embeds[i] - embeds[j]).numpy() ** 2) for i, j in pairs]))
+    assert report["emo-a"]["value"] == pytest.approx(np.mean(hits))
+    assert report["sem-d"]["value"] == pytest.approx(np.mean(sem_d), rel=1e-5)
+    assert report["sem-d"]["n_pairs"] == 16
+    assert report["fid"]["n_reference"] == 96 and report["fid"]["reference"] == "split 'test'"
+    assert 0 < report["sem-c"]["value"] <= 1
+    # --legacy changes what it says it changes: Sem-D through the double rescale, FID against the whole dataset
+    assert main([*argv, "--legacy"]) == 0
+    legacy = json.loads(capsys.readouterr().out)
+    assert legacy["fid"]["n_reference"] == 320 + 64 + 96
+    assert legacy["sem-d"]["value"] != pytest.approx(report["sem-d"]["value"], rel=1e-3)
+    assert legacy["emo-a"]["value"] == report["emo-a"]["value"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "FID's Inception-V3"),
+        (["--fid-network", "clip"], "alexnet"),
+        (["--fid-network", "clip", "--skip", "lpips", "--skip", "sharpness"], "unknown metric"),
+    ],
+)
+def test_missing_networks_and_bad_options_are_one_line(generated, synth_dir, emo_classifier, capsys, extra, message):
+    argv = [
+        "evaluate",
+        "generation",
+        "--images",
+        str(generated),
+        "--reference",
+        str(synth_dir),
+        "--emo-classifier",
+        str(emo_classifier),
+        *extra,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message.lower() in err.lower()
+
+
+def test_bad_generated_folders_and_missing_classifier(generated, synth_dir, tmp_path, capsys):
+    base = ["evaluate", "generation", "--reference", str(synth_dir), "--fid-network", "clip", "--skip", "lpips"]
+    assert main([*base, "--images", str(generated)]) == 2
+    assert "uniemo train emo-classifier" in capsys.readouterr().err
+    (tmp_path / "happy").mkdir()
+    assert main([*base, "--skip", "emo-a", "--clip", "uniemo-standin", "--images", str(tmp_path)]) == 2
+    assert "not emotions of the reference dataset: happy" in capsys.readouterr().err
+    assert main([*base, "--skip", "emo-a", "--clip", "tiny-clip", "--images", str(generated)]) == 2
+    assert "random architecture" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Explicit feedback (Alg. 1): the rank window, the [η, δ) intersection, the ρ mix, `uniemo feedback` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from uniemo.cli.main import main
+from uniemo.errors import ConfigError
+from uniemo.train.feedback import mix_count, mix_in, rank_window, select_images
+
+
+def test_rank_window_keeps_ranks_from_eta_m_up_to_delta_m():
+    scores = np.array([0.9, 0.1, 0.5, 0.7, 0.3, 0.6, 0.8, 0.2, 0.4, 0.0])
+    # descending ranks: 0.9→0, 0.8→1, 0.7→2, 0.6→3, 0.5→4, 0.4→5, 0.3→6, 0.2→7, 0.1→8, 0.0→9
+    # m = 10, η = 0.2, δ = 0.8: ranks 2…7 are kept → scores 0.7, 0.6, 0.5, 0.4, 0.3, 0.2
+    kept = rank_window(scores, 0.2, 0.8)
+    assert sorted(scores[kept].tolist()) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert rank_window(scores, 0.0, 1.0).all()
+    # ties: the earlier image ranks first
+    assert rank_window(np.array([0.5, 0.5, 0.5, 0.5]), 0.0, 0.5).tolist() == [True, True, False, False]
+
+
+def test_selection_is_the_intersection_ranked_within_each_emotion():
+    # two emotions of m = 5; window [1, 4) = ranks 1, 2, 3 (η = 0.2, δ = 0.8)
+    emo = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1, 0.2, 0.3, 0.4, 0.5])
+    sem = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1])
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    # group 0: emo ranks 0..4 → keep {1, 2, 3}; sem ranks 4,3,2,1,0 → keep {1, 2, 3}
+    # group 1 (indices 5..9): emo ranks 4,3,2,1,0 → keep {6, 7, 8}; sem ranks 0..4 → keep {6, 7, 8}
+    assert select_images(emo, sem, groups, 0.2, 0.8, "both").tolist() == [1, 2, 3, 6, 7, 8]
+    sem2 = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.9, 0.8, 0.7, 0.6, 0.5])  # group 0 keeps {1,2,3}; group 1 {6,7,8}
+    emo2 = np.array([0.1, 0.9, 0.8, 0.2, 0.7, 0.1, 0.9, 0.8, 0.2, 0.7])  # ranks: 1→0, 2→1, 4→2, 3→3, 0→4
+    # emo keeps {2, 4, 3} in group 0 and {7, 9, 8} in group 1; the intersection with sem: {2, 3} and {7, 8}
+    assert select_images(emo2, sem2, groups, 0.2, 0.8, "both").tolist() == [2, 3, 7, 8]
+    assert select_images(emo2, sem2, groups, 0.2, 0.8, "emo-a").tolist() == [2, 3, 4, 7, 8, 9]
+    assert select_images(emo2, sem2, groups, 0.2, 0.8, "sem-c").tolist() == [1, 2, 3, 6, 7, 8]
+    assert select_images(emo2, sem2, groups, 0.2, 0.8, "all").tolist() == list(range(10))
+    with pytest.raises(ConfigError, match="η < δ"):
+        select_images(emo, sem, groups, 0.8, 0.2)
+    with pytest.raises(ConfigError, match="unknown selection"):
+        select_images(emo, sem, groups, 0.2, 0.8, "best")
+
+
+def test_rho_mix_makes_the_generated_share_rho():
+    # 80 real images, ρ = 0.2: n / (80 + n) = 0.2 → n = 20
+    assert mix_count(80, 0.2) == 20
+    assert mix_count(300, 0.25) == 100
+    assert mix_count(80, 0.0) == 0
+    chosen = np.array([3, 7, 11])
+    mixed = mix_in(chosen, 80, 0.2, seed=0)
+    assert len(mixed) == 20 and set(mixed.tolist()) == {3, 7, 11}
+    counts = np.bincount(mixed)[[3, 7, 11]]
+    assert counts.max() - counts.min() <= 1  # cycled evenly, not drawn at random
+    many = np.arange(100)
+    assert len(set(mix_in(many, 80, 0.2).tolist())) == 20  # enough kept images: no repeats
+    assert np.array_equal(mix_in(chosen, 80, 0.2, seed=0), mixed)  # deterministic
+    with pytest.raises(ConfigError, match="rho"):
+        mix_count(10, 1.0)
+
+
+def test_feedback_end_to_end(synth_dir, joint_run, tmp_path, capsys):
+    out = tmp_path / "feedback"
+    args = [
+        "feedback",
+        "--config",
+        str(REPO / "configs" / "tiny-feedback.yaml"),
+        f"data.root={synth_dir}",
+        f"feedback.checkpoint={joint_run}",
+        f"output_dir={out}",
+        "feedback.images_per_emotion=5",
+        "feedback.steps=2",
+        "feedback.pairs=4",
+        "feedback.variants=[both]",
+        "optim.batch_size=16",
+        "optim.max_steps=2",
+        "save_every=1",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["variants"]) == {"baseline", "both"}
+    # the selection written is Alg. 1 applied to the scores written
+    scores = json.loads((out / "scores.json").read_text())
+    classes = sorted({s["emotion"] for s in scores}, key=[s["emotion"] for s in scores].index)
+    emo = np.array([s["emo_a_score"] for s in scores])
+    sem = np.array([s["sem_c_score"] for s in scores])
+    groups = np.array([classes.index(s["emotion"]) for s in scores])
+    kept = select_images(emo, sem, groups, 0.2, 0.8, "both")
+    assert report["variants"]["both"]["kept"] == len(kept) > 0
+    extra = json.loads((out / "variants" / "both" / "extra_train.json").read_text())
+    assert len(extra) == mix_count(320, 0.2) == report["variants"]["both"]["added"]
+    kept_files = {str((out / scores[i]["file"]).resolve()): scores[i]["emotion"] for i in kept}
+    assert all(kept_files[e["path"]] == e["emotion"] for e in extra)  # only kept images, with their target emotion
+    # the continued run trained on them, from the joint checkpoint
+    meta = json.loads((out / "variants" / "both" / "run" / "last" / "model.json").read_text())
+    assert meta["extra_train"] == len(extra) and meta["init_from"] and meta["finished"]
+    base_meta = json.loads((out / "variants" / "baseline" / "run" / "last" / "model.json").read_text())
+    assert base_meta["extra_train"] == 0
+    for row in (report["start"], *report["variants"].values()):
+        gen = row["generation"]
+        assert gen["num_images"] == 5 * 8 and gen["emo-a"]["n"] == 40
+        assert 0 <= gen["emo-a"]["value"] <= 1 and 0 < gen["sem-c"]["value"] <= 1 and gen["sem-d"]["value"] > 0
+        assert "lpips" not in gen  # skipped in the built-in config (no AlexNet weights here)
+    table = (out / "report.md").read_text()
+    both = report["variants"]["both"]
+    assert f"| both | {both['kept']} | {both['added']} | {both['accuracy']:.2%} |" in table
+    # a second run reuses every finished stage
+    stamp = (out / "variants" / "both" / "run" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "variants" / "both" / "run" / "summary.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "report.json").read_text())["variants"]["both"]["kept"] == both["kept"]
+
+
+def test_feedback_config_errors(synth_dir, joint_run, tmp_path, capsys):
+    base = ["feedback", "--config", "tiny-feedback", f"data.root={synth_dir}", f"output_dir={tmp_path / 'f'}"]
+    assert main(base) == 2
+    assert "feedback.checkpoint is required" in capsys.readouterr().err
+    assert main([*base, f"feedback.checkpoint={joint_run}", "feedback.eta=0.9", "feedback.delta=0.5"]) == 2
+    assert "η < δ" in capsys.readouterr().err
+    assert main([*base, f"feedback.checkpoint={joint_run}", "feedback.variants=[best]"]) == 2
+    assert "feedback.variants" in capsys.readouterr().err
+    assert main(["train", "joint", "--config", "tiny-feedback"]) == 2
+    assert "use it with `uniemo feedback`" in capsys.readouterr().err
+    assert main([*base, "feedback.checkpoint=/nonexistent/run"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
