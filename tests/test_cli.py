@@ -128,12 +128,29 @@ def test_demo_fast_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "evaluation" / "confusion.png").is_file()
     joint = json.loads((tmp_path / "demo" / "joint" / "summary.json").read_text())
     assert f"{joint['accuracy_before']:.2%} before, {joint['accuracy_after']:.2%} after" in r.stdout
-    generation = json.loads((tmp_path / "demo" / "generation" / "generation.json").read_text())
-    assert generation["num_images"] == 32 and f"Emo-A {generation['emo_a']:.2%}" in r.stdout
+    demo = tmp_path / "demo"
+    generation = json.loads((demo / "generation" / "metrics.json").read_text())
+    assert generation["num_images"] == 32 and f"Emo-A {generation['emo-a']['value']:.2%}" in r.stdout
     for grid in ("emotions.png", "transfer-house.png", "fusion.png"):
-        assert (tmp_path / "demo" / "generation" / grid).is_file()
-    again = uniemo("demo", "--fast", "--out", tmp_path / "demo")
-    assert again.returncode == 0 and again.stderr.count("reused") == 5
+        assert (demo / "generation" / grid).is_file()
+    # the report: self-contained, every section, and the numbers the stages wrote
+    page = (demo / "report.html").read_text()
+    from uniemo.demo.report import SECTIONS
+
+    assert all(f'id="{section}"' in page for section in SECTIONS)
+    assert 'src="http' not in page and page.count("data:image/png;base64,") >= 6 + 8  # grids, curves, 8 attention
+    assert f"<b>{generation['emo-a']['value']:.2%}</b> (chance 12.50%" in page  # Emo-A against chance, first
+    assert f"<td>{report['accuracy']:.2%}</td>" in page and f"<td>{joint['accuracy_after']:.2%}</td>" in page
+    assert f"<td>{generation['sem-c']['value']:.4f}</td>" in page
+    feedback = json.loads((demo / "feedback" / "report.json").read_text())
+    assert set(feedback["variants"]) == {"baseline", "both"}
+    assert f"<td>{feedback['variants']['both']['accuracy']:.2%}</td>" in page
+    assert len(json.loads((demo / "attention" / "attention.json").read_text())) == 8
+    assert f"report: {demo / 'report.html'}" in r.stdout
+    stages = [line for line in r.stderr.splitlines() if line.startswith("[")]  # progress: stage, elapsed time
+    assert len(stages) == 8 and all("s elapsed" in line for line in stages), stages
+    again = uniemo("demo", "--fast", "--out", demo)
+    assert again.returncode == 0 and again.stderr.count("reused") == 7
 
 
 def test_evaluate_refuses_unmatched_labels_before_running(trained_run, tmp_path):

@@ -16,8 +16,11 @@ TINY = REPO / "configs" / "tiny.yaml"
 def test_run_directory_contents(trained_run):
     assert {p.name for p in trained_run.iterdir()} >= {"best", "last", "logs", "metrics.jsonl", "summary.json"}
     assert list((trained_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard log"
-    evals = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_accuracy" in r]
     assert [e["step"] for e in evals] == [6, 12]
+    losses = [r for r in records if "loss/total" in r]  # log_every=3: the training curve the demo report plots
+    assert [r["step"] for r in losses] == [3, 6, 9, 12] and all(r["loss/total"] > 0 for r in losses)
     summary = json.loads((trained_run / "summary.json").read_text())
     best = json.loads((trained_run / "best" / "model.json").read_text())
     assert best["val_accuracy"] == summary["best_val_accuracy"] == max(e["val_accuracy"] for e in evals)

@@ -331,6 +331,17 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from uniemo.app import serve
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] != "gradio":
+            raise
+        raise UniEmoError("the web app needs gradio, which is not installed: pip install 'uniemo[app]'") from None
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 def cmd_architectures(args: argparse.Namespace) -> int:
     from uniemo.models.factory import list_architectures
 
@@ -493,6 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--out", required=True, help="PNG to write")
     p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("serve", help="a web app: read the emotion of images, create emotion-evoking images")
+    p.add_argument("--checkpoint", required=True, help="a joint checkpoint (both tabs) or a stage-1 one (Understand)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)",
+    )
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default=None, help="cuda, cpu … (default: cuda when available)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("architectures", help="list the built-in (random-init) CLIP architectures")
     p.set_defaults(func=cmd_architectures)

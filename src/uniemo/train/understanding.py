@@ -438,6 +438,8 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                     logs = {k: v / n for k, v in running.items()}
                     logs["lr"] = scheduler.get_last_lr()[-1]
                     accelerator.log(logs, step=step)
+                    if is_main:
+                        append_jsonl(out_dir / "metrics.jsonl", {"step": step, **logs})
                     bar.set_postfix(loss=f"{logs['loss/total']:.3f}", acc=f"{logs['train/accuracy']:.2f}")
                     running = {}
                 if step % eval_every == 0 or step == total_steps:

@@ -1,0 +1,226 @@
+"""The demo's ``report.html``: one self-contained page (images inlined) built from the files the stages wrote.
+
+Every number on the page is read from a stage's own output (``evaluation/report.json``, ``joint/summary.json``,
+``generation/metrics.json``, ``feedback/report.json``, the runs' ``metrics.jsonl``), never typed in again.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from uniemo.plotting import pyplot, save_figure
+
+#: The page's sections, in order (their HTML ids; the tests check each is there).
+SECTIONS = (
+    "summary",
+    "generation-metrics",
+    "emotions",
+    "transfer",
+    "fusion",
+    "understanding",
+    "curves",
+    "attention",
+    "feedback",
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4}
+img{max-width:100%;border:1px solid #eee}.note{color:#555;font-size:.92em}.big{font-size:1.25em}
+.warn{background:#fff6e0;border:1px solid #f0d48a;padding:.5em .8em;border-radius:4px}
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    """An <img> with the PNG inlined as a data URI (the page opens from disk, alone)."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(out: Path) -> Path:
+    """Training curves of both stages from their ``metrics.jsonl``: losses per step and stage 1's val accuracy."""
+    plt = pyplot()
+    stage1 = _read_jsonl(out / "understanding" / "metrics.jsonl")
+    joint = _read_jsonl(out / "joint" / "metrics.jsonl")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110)
+    for key, label in (("loss/total", "total"), ("loss/ce", "L_CE"), ("loss/scene", "L_S"), ("loss/object", "L_O")):
+        points = [(r["step"], r[key]) for r in stage1 if key in r]
+        if points:
+            axes[0].plot(*zip(*points), label=label)
+    axes[0].set_title("stage 1: training losses")
+    val = [(r["step"], r["val_accuracy"]) for r in stage1 if "val_accuracy" in r]
+    if val:
+        axes[1].plot(*zip(*val), marker="o")
+    axes[1].set_title("stage 1: validation accuracy")
+    for key, label in (
+        ("loss/total", "L_Joint"),
+        ("loss/understanding", "L_U"),
+        ("loss/cond", "L_cond"),
+        ("loss/diffusion", "L(θ)"),
+    ):
+        points = [(r["step"], r[key]) for r in joint if key in r]
+        if points:
+            axes[2].plot(*zip(*points), label=label)
+    axes[2].set_title("stage 2: joint losses")
+    axes[2].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return save_figure(fig, out / "report-curves.png")
+
+
+def write_report(out: Path, mode: str) -> Path:
+    """Writes ``out/report.html`` from the stages' outputs and returns its path."""
+    evaluation = json.loads((out / "evaluation" / "report.json").read_text())
+    joint = json.loads((out / "joint" / "summary.json").read_text())
+    generation = json.loads((out / "generation" / "metrics.json").read_text())
+    feedback = json.loads((out / "feedback" / "report.json").read_text())
+    attention = json.loads((out / "attention" / "attention.json").read_text())
+    classes = evaluation["classes"]
+    chance = 1 / len(classes)
+    gen_dir = out / "generation"
+    emo = generation["emo-a"]
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        "<title>uniemo demo report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>uniemo demo report</h1>",
+        f"<p class=note>Mode: {html.escape(mode)}. Everything here was trained and measured on this machine, on the "
+        "<b>built-in synthetic dataset</b> with the shipped <b>stand-in</b> CLIP and Stable Diffusion — not on EmoSet "
+        "and not with SD 1.5: the numbers show that each mechanism works, not how well UniEmo does on photographs."
+        "</p>",
+        # ---- summary
+        '<h2 id="summary">Summary</h2>',
+        f"<p class=big>Emo-A of the generated images: <b>{_pct(emo['value'])}</b> (chance {_pct(chance)}, "
+        f"N = {emo['n']} images) — whether the emotion reached the images.</p>",
+        _table(
+            ["what", "value", "N"],
+            [
+                ["understanding: test accuracy", _pct(evaluation["accuracy"]), evaluation["num_samples"]],
+                ["understanding: 2-class accuracy", _pct(evaluation["sentiment_accuracy"]), evaluation["num_samples"]],
+                ["before joint training (test)", _pct(joint["accuracy_before"]), ""],
+                [f"after {joint['steps']} joint steps (test)", _pct(joint["accuracy_after"]), ""],
+                ["generation: Emo-A", _pct(emo["value"]), emo["n"]],
+            ],
+        ),
+        # ---- generation metrics
+        '<h2 id="generation-metrics">Generation metrics</h2>',
+        _table(
+            ["metric", "value", "N", "network"],
+            _metric_rows(generation),
+        ),
+        "<p class=note>Not computed: "
+        + "; ".join(f"{k} ({html.escape(v)})" for k, v in generation.get("skipped", {}).items())
+        + f". Sampling: {html.escape(json.dumps(generation.get('sampling', {})))}.</p>",
+        _table(
+            ["emotion", "Emo-A", "Sem-C", "images"],
+            [
+                [
+                    e,
+                    _pct(emo["per_emotion"][e]),
+                    f"{generation['sem-c']['per_emotion'][e]:.3f}",
+                    generation["per_emotion_n"][e],
+                ]
+                for e in generation["per_emotion_n"]
+            ],
+        ),
+        # ---- images
+        '<h2 id="emotions">Generated images, one row per target emotion</h2>',
+        _img(gen_dir / "emotions.png", "generated images per emotion"),
+        '<h2 id="transfer">Emotion transfer onto neutral content ("a house")</h2>',
+        _img(gen_dir / "transfer-house.png", "emotion transfer"),
+        '<h2 id="fusion">Emotion fusion: amusement and sadness at five weights</h2>',
+        _img(gen_dir / "fusion.png", "emotion fusion"),
+        # ---- understanding
+        '<h2 id="understanding">Understanding: accuracy and confusion matrix</h2>',
+        _table(
+            ["class", "accuracy (recall)"],
+            [[c, _pct(a)] for c, a in evaluation["per_class_accuracy"].items()],
+        ),
+        _img(Path(evaluation["confusion_png"]), "confusion matrix"),
+        '<h2 id="curves">Training curves</h2>',
+        _img(plot_curves(out), "training curves"),
+        # ---- attention
+        '<h2 id="attention">Where the expert queries look</h2>',
+        "<p class=note>The Interactive Blocks' attention of the scene queries (after L₁) and the object queries "
+        "(after L₂) over the patches, averaged over the queries, for the first test image of each emotion "
+        "(paper Fig. 9).</p>",
+        "".join(_img(out / "attention" / a["png"], f"attention {a['emotion']}") for a in attention),
+        # ---- feedback
+        '<h2 id="feedback">Explicit feedback (Alg. 1)</h2>',
+        _feedback_html(feedback),
+        "</body></html>",
+    ]
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _metric_rows(report: dict[str, Any]) -> list[list[Any]]:
+    nets = report.get("networks", {})
+    rows = []
+    emo = report["emo-a"]
+    rows.append(["Emo-A", f"{emo['value']:.2%} (chance {emo['chance']:.1%})", emo["n"], nets.get("emo-a", "")])
+    if "sem-c" in report:
+        rows.append(["Sem-C", f"{report['sem-c']['value']:.4f}", report["sem-c"]["n"], nets.get("sem-c", "")])
+    for key, name in (("sem-d", "Sem-D"), ("lpips", "LPIPS")):
+        if key in report and report[key].get("value") is not None:
+            r = report[key]
+            spread = r["spread_over_emotions"]["std"]
+            rows.append([name, f"{r['value']:.4f} ± {spread:.4f}", f"{r['n_pairs']} pairs", nets.get(key, "")])
+    if "fid" in report:
+        r = report["fid"]
+        rows.append(["FID", f"{r['value']:.2f}", f"{r['n_generated']} vs {r['n_reference']}", nets.get("fid", "")])
+    return rows
+
+
+def _feedback_html(report: dict[str, Any]) -> str:
+    rows = []
+    for name, v in [("start (the joint run)", {**report["start"], "kept": "", "added": ""})] + list(
+        report["variants"].items()
+    ):
+        gen = v["generation"]
+        rows.append(
+            [
+                name,
+                v["kept"],
+                v["added"],
+                _pct(v.get("accuracy")),
+                _pct(gen["emo-a"]["value"]),
+                f"{gen['sem-c']['value']:.3f}",
+                f"{gen['sem-d']['value']:.3f}",
+                f"{gen['fid']['value']:.2f}",
+            ]
+        )
+    return (
+        f"<p class=note>m = {report['m']} images per emotion from the joint run, ranked within their emotion by the "
+        f"Emo-A score and the Sem-C score; kept where both ranks lie in [η·m, δ·m) with η = {report['eta']}, "
+        f"δ = {report['delta']}; mixed into the training set as the share ρ = {report['rho']}; then "
+        f"{report['continued_steps']} more joint steps. The baseline continues as long without generated images. "
+        f"Generation metrics on m images per emotion regenerated from each run.</p>"
+        + _table(["variant", "kept", "added", "accuracy", "Emo-A", "Sem-C", "Sem-D", "FID (CLIP)"], rows)
+    )
