@@ -129,6 +129,12 @@ def test_emoset_unparsable_annotation(tmp_path):
     (root / "train.json").write_text(json.dumps([["awe", "image/awe/awe_00001.jpg", "annotation/awe/a.json"]]))
     with pytest.raises(DataError, match="a.json is not valid JSON"):
         open_dataset(root)
+    (root / "annotation/awe/a.json").write_text(json.dumps({"emotion": "awe", "object": 5}))
+    with pytest.raises(DataError, match="'object' must be a name or a list of names, got 5"):
+        open_dataset(root)
+    (root / "annotation/awe/a.json").write_text(json.dumps({"emotion": "joy", "scene": "beach"}))
+    with pytest.raises(DataError, match="says emotion 'joy' but its split file says 'awe'"):
+        open_dataset(root)
 
 
 def test_fi_with_and_without_split_folders(tmp_path):

@@ -71,6 +71,13 @@ def test_emo_classifier_trains_caches_features_and_reloads(emo_classifier, synth
     assert sum(calls) in (320, 64, 96)  # exactly one split was read again
 
 
+def test_emo_classifier_never_replaces_another_directory(synth_dir, trained_run, capsys):
+    argv = ["train", "emo-classifier", str(synth_dir), "--clip", "uniemo-standin", "--out", str(trained_run)]
+    assert main(argv) == 2
+    assert "already holds something else" in capsys.readouterr().err
+    assert (trained_run / "best" / "model.json").is_file()
+
+
 def test_generate_all_writes_one_folder_per_emotion(generated):
     folders = sorted(p.name for p in generated.iterdir())
     assert len(folders) == 8

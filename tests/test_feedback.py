@@ -112,6 +112,12 @@ def test_feedback_end_to_end(synth_dir, joint_run, tmp_path, capsys):
     assert main(args) == 0
     assert (out / "variants" / "both" / "run" / "summary.json").stat().st_mtime_ns == stamp
     assert json.loads((out / "report.json").read_text())["variants"]["both"]["kept"] == both["kept"]
+    # damaged stage files (a kill mid-write) are redone, not trusted
+    (out / scores[0]["file"]).write_bytes(b"not a png")
+    (out / "variants" / "both" / "run" / "summary.json").write_text('{"accuracy_af')
+    assert main(args) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["variants"]["both"]["accuracy"] == both["accuracy"] and again["start"] == report["start"]
 
 
 def test_feedback_config_errors(synth_dir, joint_run, tmp_path, capsys):

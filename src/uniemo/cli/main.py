@@ -228,6 +228,7 @@ def cmd_train_emo_classifier(args: argparse.Namespace) -> int:
     print(
         f"Emo-A classifier on {args.clip}'s image embeddings of {result['num_train']} training images: "
         f"{accuracies or 'no val/test split'}; saved to {result['out']}"
+        + (f" ({result['skipped']} unreadable image(s) skipped)" if result["skipped"] else "")
     )
     return 0
 

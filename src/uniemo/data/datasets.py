@@ -155,18 +155,30 @@ def _emoset_entry(entry: Any, split: str, index: int) -> tuple[str, str, str | N
     return entry[0], image, annotation
 
 
-def _read_annotation(path: Path) -> tuple[str | None, tuple[str, ...], bool]:
-    """(scene, objects, found) of one EmoSet annotation file; missing attributes are None / ()."""
+def _read_annotation(path: Path, emotion: str) -> tuple[str | None, tuple[str, ...], bool]:
+    """(scene, objects, found) of one EmoSet annotation file; missing attributes are None / ().
+
+    Raises:
+        DataError: not a JSON object, an ``object`` that is not a name or list, or an ``emotion`` field that
+            contradicts the split file's label for the image.
+    """
     if not path.is_file():
         return None, (), False
     ann = _read_json(path, "annotation")
     if not isinstance(ann, dict):
         raise DataError(f"annotation {path} must be a JSON object, got {type(ann).__name__}")
+    stated = ann.get("emotion")
+    if stated is not None and stated != emotion:
+        raise DataError(
+            f"annotation {path} says emotion {stated!r} but its split file says {emotion!r}; fix one of them"
+        )
     scene = ann.get("scene")
     scene = scene if isinstance(scene, str) and scene.strip() else None
     objects = ann.get("object") or ()
     if isinstance(objects, str):
         objects = (objects,)
+    if not isinstance(objects, (list, tuple)):
+        raise DataError(f"annotation {path}: 'object' must be a name or a list of names, got {objects!r}")
     objects = tuple(o for o in objects if isinstance(o, str) and o.strip())
     return scene, objects, True
 
@@ -203,7 +215,7 @@ def read_emoset(root: Path) -> EmotionDataset:
                 "restore the images or remove those entries"
             )
         with ThreadPoolExecutor(8) as pool:
-            anns = list(pool.map(lambda e: _read_annotation(root / e[2]) if e[2] else (None, (), False), parsed))
+            anns = list(pool.map(lambda e: _read_annotation(root / e[2], e[0]) if e[2] else (None, (), False), parsed))
         absent = sum(1 for _, _, found in anns if not found)
         if absent:
             notes.append(

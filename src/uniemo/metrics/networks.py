@@ -271,6 +271,13 @@ def train_emotion_classifier(
         ``{"out", "classes", "num_train", "val_accuracy", "test_accuracy", "skipped"}``.
     """
     out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        try:
+            if not (out / "model.json").is_file():
+                raise CheckpointError("not a checkpoint")
+            read_meta(out, EMO_CLASSIFIER_KIND)  # replacing an earlier emotion classifier is fine
+        except CheckpointError:
+            raise ConfigError(f"{out} already holds something else; choose another --out") from None
     cache = Path(cache_dir) if cache_dir else out.parent / f"{out.name}-feature-cache"
     dataset = open_dataset(data, data_format, fold)
     network = ClipNetwork(clip, device)

@@ -97,6 +97,14 @@ def mix_in(selected: np.ndarray, num_real: int, rho: float, seed: int = 0) -> np
 # The command
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or was cut short (then its stage is redone)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: dict[str, Any]) -> dict[str, list]:
     """m images per emotion into ``out/<emotion>/NNN.png`` (image i of every emotion uses seed ``seed + i``);
     reuses a folder that already holds its m images (a ``done.json`` marks it)."""
@@ -108,9 +116,12 @@ def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: di
     for emotion in tqdm(classes, desc=f"generate {out.name}", leave=False):
         folder = out / emotion
         done = folder / "done.json"
-        if done.is_file() and json.loads(done.read_text()) == {"m": m, **settings}:
-            images[emotion] = [load_image(folder / f"{i:04d}.png") for i in range(m)]
-            continue
+        if _read_json(done) == {"m": m, **settings}:
+            try:
+                images[emotion] = [load_image(folder / f"{i:04d}.png") for i in range(m)]
+                continue
+            except DataError as err:  # a damaged file: generate the folder again
+                logger.warning("%s; generating %s again", err, folder)
         folder.mkdir(parents=True, exist_ok=True)
         generated = pipe(emotion, num_images=m, **settings).images
         for i, image in enumerate(generated):
@@ -243,12 +254,12 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
             extra_file.write_text(json.dumps(entries, indent=1))
         run_dir = folder / "run"
         joint_cfg = _joint_config(cfg, run_dir, extra_file, int(meta.get("resolution", cfg.joint.resolution)))
-        finished = (run_dir / "summary.json").is_file()
-        if not finished:
+        summary = _read_json(run_dir / "summary.json")  # a run killed before it wrote this is resumed
+        if summary is None:
             resume = (run_dir / "last" / "training_state.json").is_file()
             logger.info("variant %s: continuing joint training for %d steps", name, cfg.optim.max_steps)
             train_joint(joint_cfg, resume=resume, progress=progress)
-        summary = json.loads((run_dir / "summary.json").read_text())
+            summary = json.loads((run_dir / "summary.json").read_text())
         pipe = UniEmoPipeline.from_pretrained(run_dir)
         after = _generate_all(pipe, classes, f.images_per_emotion, folder / "generated", settings)
         del pipe
