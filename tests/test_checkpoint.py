@@ -93,3 +93,25 @@ def test_a_swap_killed_half_way_is_recovered(tmp_path):
     recover_directory(target)
     assert (target / "a.txt").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
+def test_pretrained_models_load_from_safetensors_only(tmp_path):
+    """A CLIP or Stable Diffusion directory holding pickled .bin weights is refused, never unpickled."""
+    from uniemo.models.diffusion import load_stable_diffusion, tiny_stable_diffusion
+    from uniemo.models.factory import load_clip_vision
+
+    vision = load_clip_vision("micro-clip")
+    vision.save_pretrained(tmp_path / "clip-safe")
+    assert torch.equal(
+        load_clip_vision(str(tmp_path / "clip-safe")).state_dict()["post_layernorm.weight"],
+        vision.state_dict()["post_layernorm.weight"],
+    )
+    vision.config.save_pretrained(tmp_path / "clip-bin")  # transformers 5 writes only safetensors: a .bin by hand
+    torch.save(vision.state_dict(), tmp_path / "clip-bin" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="cannot load the CLIP vision tower"):
+        load_clip_vision(str(tmp_path / "clip-bin"))
+    tiny_stable_diffusion(0).save_pretrained(tmp_path / "sd-bin", safe_serialization=False)
+    unet = tmp_path / "sd-bin" / "unet"
+    assert list(unet.glob("*.bin")) and not list(unet.glob("*.safetensors"))  # the UNet's weights are a pickle
+    with pytest.raises(CheckpointError, match="cannot load a Stable Diffusion pipeline"):
+        load_stable_diffusion(str(tmp_path / "sd-bin"))

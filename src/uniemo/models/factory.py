@@ -81,7 +81,10 @@ def _seeded(seed: int):
 
 
 def from_pretrained_or_explain(cls: Any, spec: str, what: str, instead: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(spec)``; a failure becomes one :class:`CheckpointError` saying what to give instead."""
+    """``cls.from_pretrained(spec)`` from safetensors only (a pickled ``.bin`` is refused, never unpickled); a
+    failure becomes one :class:`CheckpointError` saying what to give instead."""
+    if not cls.__name__.endswith("Tokenizer"):
+        kwargs.setdefault("use_safetensors", True)
     try:
         return cls.from_pretrained(spec, **kwargs)
     except (OSError, ValueError) as err:

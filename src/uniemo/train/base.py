@@ -312,9 +312,12 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
                 f"{init} is not a stand-in written by `uniemo train base` (training.json, clip/, sd/)"
             )
         earlier = json.loads((init / "training.json").read_text())
-        clip = CLIPModel.from_pretrained(init / "clip", dtype=torch.float32).eval()
-        vae = AutoencoderKL.from_pretrained(init / "sd" / "vae", torch_dtype=torch.float32).eval()
-        unet_init = UNet2DConditionModel.from_pretrained(init / "sd" / "unet", torch_dtype=torch.float32)
+        clip = CLIPModel.from_pretrained(init / "clip", dtype=torch.float32, use_safetensors=True).eval()
+        vae = AutoencoderKL.from_pretrained(init / "sd" / "vae", torch_dtype=torch.float32, use_safetensors=True)
+        vae = vae.eval()
+        unet_init = UNet2DConditionModel.from_pretrained(
+            init / "sd" / "unet", torch_dtype=torch.float32, use_safetensors=True
+        )
         clip_info, vae_info = earlier["clip"], earlier["vae"]
         scaling = float(vae.config.scaling_factor)
         with torch.no_grad():
