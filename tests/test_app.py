@@ -258,3 +258,36 @@ def test_page_shows_a_clear_message_for_a_file_that_is_not_an_image(page, tmp_pa
     expect(toast).to_be_visible()
     expect(toast).to_contain_text("x.jpg is not an image")
     assert "Traceback" not in page.content()
+
+
+def test_a_burst_of_concurrent_requests_is_answered_correctly(server, synth_dir, joint_run):
+    """50 classify requests from 8 clients at once, and two generation requests among them: every one is answered,
+    each classification as the model answers it in-process (the queue serialises the work; nothing is dropped)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    from uniemo.pipelines.classifier import EmotionClassifier
+
+    images = sorted((synth_dir / "image").rglob("*.jpg"))[:50]
+    reference = EmotionClassifier.from_pretrained(joint_run)
+    expected = {p: pred.label for p, pred in zip(images, reference.predict(images))}
+
+    def classify(chunk: list[Path]) -> list[tuple[Path, str]]:
+        client = Client(server, verbose=False)
+        return [(p, client.predict(handle_file(str(p)), api_name="/understand")[0]["label"]) for p in chunk]
+
+    def generate(seed: int) -> int:
+        client = Client(server, verbose=False)
+        settings = [reference.classes[0], "", None, seed, 2, 1, 2.0] + [0.0] * len(reference.classes)
+        return len(client.predict(*settings, api_name="/create"))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(10) as pool:
+        generated = [pool.submit(generate, seed) for seed in (0, 1)]
+        answers = [a for chunk in pool.map(classify, [images[i::8] for i in range(8)]) for a in chunk]
+        generated = [g.result(timeout=120) for g in generated]
+    assert time.monotonic() - started < 120
+    assert len(answers) == 50 and {p for p, _ in answers} == set(images)
+    assert all(label == expected[p] for p, label in answers)
+    assert generated == [1, 1]
