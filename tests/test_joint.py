@@ -200,3 +200,24 @@ def test_joint_config_errors(synth_dir, trained_run, tmp_path):
         train_joint(_config(synth_dir, synth_dir / "image", tmp_path / "t"))
     with pytest.raises(CheckpointError, match="Stable Diffusion"):
         train_joint(_config(synth_dir, trained_run, tmp_path / "t", diffusion=str(tmp_path)))
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_dir, trained_run, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = joint_module.diffusion_loss
+
+    def nan_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(joint_module, "diffusion_loss", nan_at_third_step)
+    cfg = _config(synth_dir, trained_run, tmp_path / "nan", steps=4)  # save_every=2
+    with pytest.raises(joint_module.TrainingError, match=r"loss became nan at step 2 \(the last good checkpoint"):
+        train_joint(cfg, progress=False)
+    last = tmp_path / "nan" / "last"
+    assert json.loads((last / "training_state.json").read_text())["counters"]["step"] == 2
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t.float()).all() for t in load_file(str(last / "model.safetensors")).values())
+    assert not json.loads((last / "model.json").read_text())["finished"]

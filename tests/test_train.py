@@ -75,6 +75,24 @@ def test_non_finite_loss_stops_with_a_message(synth_dir, tmp_path):
         stage1.train_understanding(cfg, progress=False)
 
 
+def test_a_non_finite_loss_after_a_save_keeps_that_checkpoint(synth_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = stage1.understanding_loss
+
+    def nan_at_fifth_step(*args, **kwargs):
+        calls["n"] += 1
+        loss, parts = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 5 else loss), parts
+
+    monkeypatch.setattr(stage1, "understanding_loss", nan_at_fifth_step)
+    cfg = load_config(TINY, micro_overrides(synth_dir, tmp_path / "nan") + ["save_every=2"])
+    with pytest.raises(stage1.TrainingError, match=r"loss became nan at step 4 \(the last good checkpoint is in"):
+        stage1.train_understanding(cfg, progress=False)
+    last = tmp_path / "nan" / "last"
+    assert json.loads((last / "training_state.json").read_text())["counters"]["step"] == 4
+    assert all(torch.isfinite(t.float()).all() for t in load_file(str(last / "model.safetensors")).values())
+
+
 def test_batch_larger_than_dataset_is_refused(synth_dir, tmp_path):
     cfg = load_config(TINY, micro_overrides(synth_dir, tmp_path / "big") + ["data.max_train_samples=10"])
     with pytest.raises(ConfigError, match="smaller than one batch"):

@@ -44,6 +44,7 @@ from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
 from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
 from uniemo.train.understanding import (
     TrainingError,
+    all_finite,
     append_jsonl,
     check_resumable,
     config_yaml_text,
@@ -67,6 +68,7 @@ class JointSummary:
         steps: optimiser steps in total; seconds / seconds_per_step: this invocation's loop.
         losses: mean of each loss over the last ``log_every`` steps.
         output_dir: the run directory; main_process: whether this process wrote the files.
+        skipped_images: unreadable training images skipped (this process's share).
     """
 
     accuracy_before: float
@@ -77,6 +79,7 @@ class JointSummary:
     losses: dict[str, float] = field(default_factory=dict)
     output_dir: str = ""
     main_process: bool = True
+    skipped_images: int = 0
 
 
 def spec_for_meta(spec: str) -> str:
@@ -481,10 +484,13 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                     if loss_cond is not None:
                         loss = loss + j.condition_weight * loss_cond
                         parts["loss/cond"] = loss_cond.detach()
-                    if not torch.isfinite(loss):
+                    if not all_finite(accelerator, loss):
+                        kept = (
+                            f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
+                        )
                         raise TrainingError(
-                            f"the loss became {loss.item()} at step {counters['step']} (the last good checkpoint "
-                            f"is in {last_dir}); lower optim.lr / joint.mapper_lr or use mixed_precision=no"
+                            f"the loss became {loss.item()} at step {counters['step']} ({kept}); lower optim.lr / "
+                            "joint.mapper_lr or use mixed_precision=no"
                         )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
@@ -550,6 +556,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
             100 * accuracy_after,
         )
     counters["accuracy_after"] = accuracy_after
+    if counters["skipped_images"] and is_main:
+        logger.warning("skipped %d unreadable training images (data.on_bad_image=skip)", counters["skipped_images"])
     save_last({"finished": True, "accuracy_after": accuracy_after, "steps": counters["step"]})
     accelerator.end_training()
     summary = JointSummary(
@@ -561,6 +569,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         losses=last_logs,
         output_dir=str(out_dir),
         main_process=is_main,
+        skipped_images=counters["skipped_images"],
     )
     if is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))

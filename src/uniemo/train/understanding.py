@@ -407,7 +407,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                 with accelerator.accumulate(model):
                     out = model(batch["pixel_values"])
                     loss, parts = understanding_loss(out, batch, vocab_embeds, weights, temperature)
-                    if not torch.isfinite(loss):
+                    if not all_finite(accelerator, loss):
                         kept = (
                             f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
                         )
@@ -484,6 +484,15 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     if is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))
     return summary
+
+
+def all_finite(accelerator: Any, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (all stop together: one rank stopping alone would leave the
+    others waiting in the next all-reduce)."""
+    finite = torch.isfinite(loss.detach()).reshape(1)
+    if accelerator.num_processes > 1:
+        finite = accelerator.gather(finite)
+    return bool(finite.all())
 
 
 def config_yaml_text(cfg: Any) -> str:
