@@ -2,11 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 from PIL import Image
+
+from tests.conftest import micro_overrides
 
 
 def uniemo(*args, cwd=None, timeout=300):
@@ -162,3 +165,13 @@ def test_evaluate_refuses_unmatched_labels_before_running(trained_run, tmp_path)
         "evaluate", "understanding", "--checkpoint", trained_run, "--data", tmp_path / "other", "--split", "train"
     )
     assert_one_line_error(r, "do not cover the dataset's (calm, tense)")
+
+
+def test_a_bad_image_read_in_a_worker_process_is_still_one_line(synth_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    broken = sorted((data / "image").rglob("*.jpg"))[3]
+    broken.write_bytes(b"not a jpeg")
+    overrides = micro_overrides(data, tmp_path / "run") + ["data.num_workers=1", "data.on_bad_image=error"]
+    r = uniemo("train", "understanding", "--config", "tiny", *overrides)
+    assert_one_line_error(r, f"image {broken} is not an image Pillow can read")

@@ -220,6 +220,12 @@ def test_missing_and_empty_datasets(tmp_path):
     with pytest.raises(DataError, match="no class folders"):
         open_dataset(tmp_path / "empty")
     assert detect_format(tmp_path / "empty") == "folder"
+    emoset = tmp_path / "emoset"
+    _img(emoset / "image/awe/awe_00001.jpg")
+    (emoset / "train.json").write_text(json.dumps([["awe", "image/awe/awe_00001.jpg"]]))
+    (emoset / "test.json").write_text("[]")
+    with pytest.raises(DataError, match="split 'test' of dataset .* is empty"):
+        open_dataset(emoset).split("test")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,6 +266,9 @@ def test_odd_modes_become_rgb(tmp_path, make):
         assert arr.min() == 255  # fully transparent over white
     if im.mode == "CMYK":
         assert tuple(arr[0, 0]) == (255, 0, 0)
+        im.save(tmp_path / "x.jpg")  # CMYK JPEGs (print workflows) too
+        jpeg = np.asarray(load_image(tmp_path / "x.jpg")).astype(int)
+        assert load_image(tmp_path / "x.jpg").mode == "RGB" and abs(jpeg[0, 0] - (255, 0, 0)).max() < 40
 
 
 def test_bad_files_are_reported_with_their_path(tmp_path):

@@ -522,6 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """The message of a user error; one raised in a DataLoader worker arrives with the worker's traceback in its
+    text (torch re-raises it so), of which only the error's own last line is the message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith("uniemo.errors.") and ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -529,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_loading_bars(args.command)
         return args.func(args)
     except UniEmoError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

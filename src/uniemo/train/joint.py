@@ -536,6 +536,9 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         raise TrainingError(
             f"interrupted at step {counters['step']}; the state is saved in {last_dir}: add --resume to continue"
         ) from None
+    except BaseException:
+        bar.close()  # ends the progress line, so the error message starts on its own line
+        raise
     bar.close()
     elapsed = time.perf_counter() - start_time
 

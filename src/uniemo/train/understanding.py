@@ -461,6 +461,9 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
         raise TrainingError(
             f"interrupted at step {counters['step']}; the state is saved in {last_dir}: add --resume to continue"
         ) from None
+    except BaseException:
+        bar.close()  # ends the progress line, so the error message starts on its own line
+        raise
     bar.close()
     elapsed = time.perf_counter() - start_time
     if accelerator.num_processes > 1:  # selection happened on the main process: let every process report it
