@@ -58,6 +58,17 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file beside it and a rename: a reader (or a process killed
+    half-way) sees the old file or the new one, never a cut one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def recover_directory(path: str | Path) -> Path:
     """Finishes an :func:`atomic_directory` swap that a killed process left half done, and removes its debris.
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from uniemo.checkpoint import resolve_checkpoint
+from uniemo.checkpoint import resolve_checkpoint, write_atomic
 from uniemo.constants import SENTIMENTS, positive_mask
 from uniemo.data.datasets import EmotionImageDataset, open_dataset
 from uniemo.errors import UniEmoError
@@ -83,5 +83,5 @@ def evaluate_understanding(
         "skipped": skipped,
         "confusion_png": str(png),
     }
-    (out / "report.json").write_text(json.dumps(result, indent=1))
+    write_atomic(out / "report.json", json.dumps(result, indent=1))
     return result

@@ -263,8 +263,9 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> int:
     report["images"] = str(args.images)
     report["unreadable"] = bad
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        from uniemo.checkpoint import write_atomic
+
+        write_atomic(args.out, json.dumps(report, indent=1))
     if args.json:
         print(json.dumps(report))
         return 0

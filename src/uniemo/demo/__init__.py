@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from uniemo.checkpoint import write_atomic
+
 logger = logging.getLogger(__name__)
 
 #: Stage settings: the full demo (about 14 minutes on 2 CPU cores) and ``--fast`` (about 3 minutes; the tests).
@@ -61,7 +63,7 @@ class _Stages:
 
     def record(self, name: str, settings: dict[str, Any], result: dict[str, Any]) -> None:
         self.state[name] = {"settings": settings, "result": result}
-        self.state_file.write_text(json.dumps(self.state, indent=1))
+        write_atomic(self.state_file, json.dumps(self.state, indent=1))
 
     def banner(self, index: int, total: int, name: str, reused: bool = False) -> None:
         elapsed = time.perf_counter() - self.start
@@ -252,7 +254,7 @@ def generate_showcase(
     report = GenerationEvaluator(cfg, data_dir).evaluate(images)
     report["sampling"] = SAMPLING
     report["skipped"] = {"lpips": "no AlexNet weights on this machine (torchvision's alexnet-owt-7be5be79.pth)"}
-    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    write_atomic(out / "metrics.json", json.dumps(report, indent=1))
     return report
 
 
@@ -275,4 +277,4 @@ def attention_showcase(joint_dir: Path, data_dir: Path, out: Path) -> None:
         png = save_attention_figure(maps, out / f"{name}.png", title=f"true: {name}")
         predicted = maps.prediction.label
         entries.append({"emotion": name, "image": sample.path.name, "png": png.name, "predicted": predicted})
-    (out / "attention.json").write_text(json.dumps(entries, indent=1))
+    write_atomic(out / "attention.json", json.dumps(entries, indent=1))

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from uniemo.checkpoint import write_atomic
 from uniemo.plotting import pyplot, save_figure
 
 #: The page's sections, in order (their HTML ids; the tests check each is there).
@@ -176,7 +177,7 @@ def write_report(out: Path, mode: str) -> Path:
         "</body></html>",
     ]
     path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_atomic(path, "\n".join(parts))
     return path
 
 

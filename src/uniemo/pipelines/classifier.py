@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from uniemo.checkpoint import load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.checkpoint import atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
 from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate
 from uniemo.data.images import load_image
@@ -106,15 +106,10 @@ class EmotionClassifier:
         )
 
     def save_pretrained(self, directory: str | Path, config_yaml: str | None = None) -> None:
-        """Writes a checkpoint directory that :meth:`from_pretrained` reads."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_model(
-            directory,
-            self.model,
-            checkpoint_meta(self.model, self.classes, self.scene_vocab, self.object_vocab, self.meta.get("extra")),
-            config_yaml,
-        )
+        """Writes a checkpoint directory that :meth:`from_pretrained` reads (atomically: it replaces ``directory``)."""
+        meta = checkpoint_meta(self.model, self.classes, self.scene_vocab, self.object_vocab, self.meta.get("extra"))
+        with atomic_directory(directory) as tmp:
+            save_model(tmp, self.model, meta, config_yaml)
 
     # ----------------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image | str | Path]) -> torch.Tensor:

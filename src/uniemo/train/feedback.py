@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from uniemo.checkpoint import read_meta, resolve_checkpoint
+from uniemo.checkpoint import read_meta, resolve_checkpoint, write_atomic
 from uniemo.config import FeedbackRunConfig, JointRunConfig, save_config
 from uniemo.errors import ConfigError, DataError
 from uniemo.metrics import generation as gm
@@ -126,7 +126,7 @@ def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: di
         generated = pipe(emotion, num_images=m, **settings).images
         for i, image in enumerate(generated):
             image.save(folder / f"{i:04d}.png")
-        done.write_text(json.dumps({"m": m, **settings}))
+        write_atomic(done, json.dumps({"m": m, **settings}))
         images[emotion] = generated
     return images
 
@@ -221,7 +221,7 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         {"file": f"generated/{e}/{i:04d}.png", "emotion": e, "emo_a_score": float(a), "sem_c_score": float(b)}
         for (e, i), a, b in zip(flat, emo_scores, sem_scores)
     ]
-    (out / "scores.json").write_text(json.dumps(scores, indent=1))
+    write_atomic(out / "scores.json", json.dumps(scores, indent=1))
     report: dict[str, Any] = {
         "checkpoint": str(start_dir),
         "dataset": str(dataset.root),
@@ -251,7 +251,7 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
                 {"path": str((out / scores[i]["file"]).resolve()), "emotion": scores[i]["emotion"]} for i in mixed
             ]
             extra_file = folder / "extra_train.json"
-            extra_file.write_text(json.dumps(entries, indent=1))
+            write_atomic(extra_file, json.dumps(entries, indent=1))
         run_dir = folder / "run"
         joint_cfg = _joint_config(cfg, run_dir, extra_file, int(meta.get("resolution", cfg.joint.resolution)))
         summary = _read_json(run_dir / "summary.json")  # a run killed before it wrote this is resumed
@@ -271,8 +271,8 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
             "generation": suite.evaluate(after),
         }
         logger.info("variant %s:\n%s", name, format_report(report["variants"][name]["generation"]))
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(format_feedback_report(report))
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_atomic(out / "report.md", format_feedback_report(report))
     return report
 
 

@@ -30,6 +30,7 @@ from uniemo.checkpoint import (
     resolve_checkpoint,
     save_model,
     save_training_state,
+    write_atomic,
 )
 from uniemo.config import JointRunConfig, config_to_dict
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset
@@ -575,7 +576,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         skipped_images=counters["skipped_images"],
     )
     if is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))
+        write_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
     return summary
 
 

@@ -27,6 +27,7 @@ from uniemo.checkpoint import (
     recover_directory,
     save_model,
     save_training_state,
+    write_atomic,
 )
 from uniemo.config import UnderstandingRunConfig, config_to_dict, load_config
 from uniemo.data.datasets import EmotionImageDataset, EpochSampler, collate, label_counts, open_dataset
@@ -485,7 +486,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
         main_process=is_main,
     )
     if is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))
+        write_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
     return summary
 
 
