@@ -86,6 +86,16 @@ def test_attention_maps(trained_run, synth_dir):
     assert maps.scene.shape == maps.object.shape == (grid, grid)
     assert np.isclose(maps.scene.sum(), 1, atol=1e-5) and np.isclose(maps.object.sum(), 1, atol=1e-5)
     assert maps.image.size == (clf.model.image_size,) * 2
+    # each map is its own Interactive Block's attention: read from the blocks themselves, a swap shows
+    seen = {}
+    for name in ("scene_ib", "object_ib"):
+        block = getattr(clf.model, name)
+        block.register_forward_hook(lambda module, args, out, name=name: seen.__setitem__(name, out[1]))
+    maps = attention_maps(clf, synth_dir / "image" / "awe" / "awe_00001.jpg")
+    scene = seen["scene_ib"][0].float().mean(0).reshape(grid, grid).numpy()
+    obj = seen["object_ib"][0].float().mean(0).reshape(grid, grid).numpy()
+    assert np.allclose(maps.scene, scene, atol=1e-6) and np.allclose(maps.object, obj, atol=1e-6)
+    assert not np.allclose(maps.scene, maps.object, atol=1e-4)
     plain = EmotionClassifier(ExpertQueryCLIP(load_clip_vision("micro-clip"), 8, 16, query_mode="none"), clf.classes)
     with pytest.raises(UniEmoError, match="no expert queries"):
         attention_maps(plain, maps.image)

@@ -175,3 +175,17 @@ def test_a_bad_image_read_in_a_worker_process_is_still_one_line(synth_dir, tmp_p
     overrides = micro_overrides(data, tmp_path / "run") + ["data.num_workers=1", "data.on_bad_image=error"]
     r = uniemo("train", "understanding", "--config", "tiny", *overrides)
     assert_one_line_error(r, f"image {broken} is not an image Pillow can read")
+
+
+def test_training_skips_unreadable_images_counts_and_reports_them(synth_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    entries = json.loads((data / "train.json").read_text())
+    for entry in entries[:2]:
+        (data / entry[1]).write_bytes(b"")  # zero-byte files named .jpg
+    out = tmp_path / "run"
+    r = uniemo("train", "understanding", "--config", "tiny", *micro_overrides(data, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    skipped = json.loads((out / "summary.json").read_text())["skipped_images"]
+    assert skipped >= 2  # 12 steps of 32 read all 320 images once, some twice
+    assert f"skipped {skipped} unreadable training images" in r.stderr

@@ -32,6 +32,13 @@ def generated(joint_run, tmp_path_factory):
     return out
 
 
+def _evaluate(images, reference, emo_classifier) -> list[str]:
+    return ["evaluate", "generation", "--images", str(images), "--reference", str(reference)] + [
+        "--emo-classifier",
+        str(emo_classifier),
+    ]
+
+
 def test_preprocessing_rescales_once_and_legacy_reproduces_the_double_rescale():
     white = Image.new("RGB", (40, 30), (255, 255, 255))
     black = Image.new("RGB", (40, 30), (0, 0, 0))
@@ -86,14 +93,7 @@ def test_generate_all_writes_one_folder_per_emotion(generated):
 
 def test_suite_numbers_equal_hand_computations(generated, synth_dir, emo_classifier, capsys):
     argv = [
-        "evaluate",
-        "generation",
-        "--images",
-        str(generated),
-        "--reference",
-        str(synth_dir),
-        "--emo-classifier",
-        str(emo_classifier),
+        *_evaluate(generated, synth_dir, emo_classifier),
         "--fid-network",
         "clip",
         "--skip",
@@ -139,14 +139,7 @@ def test_suite_numbers_equal_hand_computations(generated, synth_dir, emo_classif
 )
 def test_missing_networks_and_bad_options_are_one_line(generated, synth_dir, emo_classifier, capsys, extra, message):
     argv = [
-        "evaluate",
-        "generation",
-        "--images",
-        str(generated),
-        "--reference",
-        str(synth_dir),
-        "--emo-classifier",
-        str(emo_classifier),
+        *_evaluate(generated, synth_dir, emo_classifier),
         *extra,
     ]
     assert main(argv) == 2

@@ -118,6 +118,9 @@ def test_feedback_end_to_end(synth_dir, joint_run, tmp_path, capsys):
     assert main(args) == 0
     again = json.loads((out / "report.json").read_text())
     assert again["variants"]["both"]["accuracy"] == both["accuracy"] and again["start"] == report["start"]
+    # other settings never reuse a run made with these
+    assert main([*args, "feedback.eta=0.0"]) == 2
+    assert "was trained with other feedback or joint settings" in capsys.readouterr().err
 
 
 def test_feedback_config_errors(synth_dir, joint_run, tmp_path, capsys):

@@ -28,17 +28,7 @@ def test_sigkill_then_resume_is_bit_exact(synth_dir, tmp_path):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_command(synth_dir, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    state = killed / "last" / "training_state.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(state.read_text())["counters"]["step"] >= 6:
-                break
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass  # not written yet, or caught between the renames of an atomic swap
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
+    _kill_when(proc, killed / "last" / "training_state.json", 6)
 
     resumed = subprocess.run(
         _command(synth_dir, killed, "--resume"), capture_output=True, text=True, env=env, timeout=300

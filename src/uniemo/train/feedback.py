@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from uniemo.checkpoint import read_meta, resolve_checkpoint, write_atomic
-from uniemo.config import FeedbackRunConfig, JointRunConfig, save_config
+from uniemo.config import FeedbackRunConfig, JointRunConfig, config_to_dict, save_config
 from uniemo.errors import ConfigError, DataError
 from uniemo.metrics import generation as gm
 from uniemo.pipelines.classifier import JOINT_KIND
@@ -105,9 +105,13 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: dict[str, Any]) -> dict[str, list]:
+def _generate_all(
+    pipe: Any, model_dir: Path, classes: list[str], m: int, out: Path, settings: dict[str, Any]
+) -> dict[str, list]:
     """m images per emotion into ``out/<emotion>/NNN.png`` (image i of every emotion uses seed ``seed + i``);
-    reuses a folder that already holds its m images (a ``done.json`` marks it)."""
+    reuses a folder that already holds the m images of the same model and settings (its ``done.json``)."""
+    weights = resolve_checkpoint(model_dir) / "model.safetensors"
+    source = {"model": str(weights), "mtime": weights.stat().st_mtime_ns if weights.is_file() else None}
     from tqdm.auto import tqdm
 
     from uniemo.data.images import load_image
@@ -116,7 +120,7 @@ def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: di
     for emotion in tqdm(classes, desc=f"generate {out.name}", leave=False):
         folder = out / emotion
         done = folder / "done.json"
-        if _read_json(done) == {"m": m, **settings}:
+        if _read_json(done) == {"m": m, **source, **settings}:
             try:
                 images[emotion] = [load_image(folder / f"{i:04d}.png") for i in range(m)]
                 continue
@@ -126,7 +130,7 @@ def _generate_all(pipe: Any, classes: list[str], m: int, out: Path, settings: di
         generated = pipe(emotion, num_images=m, **settings).images
         for i, image in enumerate(generated):
             image.save(folder / f"{i:04d}.png")
-        write_atomic(done, json.dumps({"m": m, **settings}))
+        write_atomic(done, json.dumps({"m": m, **source, **settings}))
         images[emotion] = generated
     return images
 
@@ -210,7 +214,7 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
 
     # ---- generate m per emotion with the joint model and score them -----------------------------------------
     pipe = UniEmoPipeline.from_pretrained(start_dir)
-    images = _generate_all(pipe, classes, f.images_per_emotion, out / "generated", settings)
+    images = _generate_all(pipe, start_dir, classes, f.images_per_emotion, out / "generated", settings)
     del pipe
     flat = [(e, i) for e in classes for i in range(len(images[e]))]
     groups = np.array([classes.index(e) for e, _ in flat])
@@ -254,6 +258,17 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
             write_atomic(extra_file, json.dumps(entries, indent=1))
         run_dir = folder / "run"
         joint_cfg = _joint_config(cfg, run_dir, extra_file, int(meta.get("resolution", cfg.joint.resolution)))
+        # what this variant's run is made of: another selection or other joint settings must not reuse it
+        made_of = json.dumps(
+            {"config": config_to_dict(joint_cfg), "extra": _read_json(extra_file) if extra_file else []}
+        )
+        recorded = folder / "run-settings.json"
+        if run_dir.exists() and recorded.is_file() and recorded.read_text() != made_of:
+            raise ConfigError(
+                f"{run_dir} was trained with other feedback or joint settings; choose another output_dir or delete "
+                f"{folder}"
+            )
+        write_atomic(recorded, made_of)
         summary = _read_json(run_dir / "summary.json")  # a run killed before it wrote this is resumed
         if summary is None:
             resume = (run_dir / "last" / "training_state.json").is_file()
@@ -261,7 +276,7 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
             train_joint(joint_cfg, resume=resume, progress=progress)
             summary = json.loads((run_dir / "summary.json").read_text())
         pipe = UniEmoPipeline.from_pretrained(run_dir)
-        after = _generate_all(pipe, classes, f.images_per_emotion, folder / "generated", settings)
+        after = _generate_all(pipe, run_dir, classes, f.images_per_emotion, folder / "generated", settings)
         del pipe
         report["variants"][name] = {
             "kept": kept,
