@@ -545,6 +545,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Leaves a distributed run cleanly: processes that exit with their process group still open can hang in its
+    teardown (seen once with two gloo processes, after the run had finished)."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
