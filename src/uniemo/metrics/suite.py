@@ -276,8 +276,9 @@ class GenerationEvaluator:
         return self._reference_features
 
     # ---- the metrics ------------------------------------------------------------------------------------------
-    def evaluate(self, images: dict[str, list[Image.Image]], progress: bool = False) -> dict[str, Any]:
-        """All wanted metrics of ``images`` (target emotion → PIL images).
+    def evaluate(self, images: dict[str, list[Image.Image]], embeds: torch.Tensor | None = None) -> dict[str, Any]:
+        """All wanted metrics of ``images`` (target emotion → PIL images); ``embeds``: their CLIP image embeddings
+        in the same order (class order, then image order), when the caller already has them.
 
         Returns:
             ``{"num_images", "per_emotion_n", "networks", "legacy", <metric>: {...}}``; each metric holds its value,
@@ -298,7 +299,8 @@ class GenerationEvaluator:
             "networks": self.networks(),
             "legacy": self.cfg.legacy,
         }
-        embeds = self.clip.embed_images(all_images, self.cfg.batch_size) if self.clip is not None else None
+        if embeds is None and self.clip is not None:
+            embeds = self.clip.embed_images(all_images, self.cfg.batch_size)
         bounds = np.cumsum([0] + [len(images[e]) for e in order])
         span = {e: slice(bounds[i], bounds[i + 1]) for i, e in enumerate(order)}
         pair_sets = {e: gm.sample_pairs(len(images[e]), self.cfg.pairs, self.cfg.seed) for e in order}

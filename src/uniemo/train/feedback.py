@@ -234,7 +234,7 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         "delta": f.delta,
         "rho": f.rho,
         "continued_steps": cfg.optim.max_steps,
-        "start": {"accuracy": meta.get("accuracy_after"), "generation": suite.evaluate(images)},
+        "start": {"accuracy": meta.get("accuracy_after"), "generation": suite.evaluate(images, embeds)},
         "variants": {},
     }
 

@@ -45,7 +45,6 @@ from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
 from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
 from uniemo.train.understanding import (
     TrainingError,
-    all_finite,
     append_jsonl,
     check_resumable,
     config_yaml_text,
@@ -485,7 +484,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                     if loss_cond is not None:
                         loss = loss + j.condition_weight * loss_cond
                         parts["loss/cond"] = loss_cond.detach()
-                    if not all_finite(accelerator, loss):
+                    if not torch.isfinite(loss):
                         kept = (
                             f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
                         )

@@ -408,7 +408,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
                 with accelerator.accumulate(model):
                     out = model(batch["pixel_values"])
                     loss, parts = understanding_loss(out, batch, vocab_embeds, weights, temperature)
-                    if not all_finite(accelerator, loss):
+                    if not torch.isfinite(loss):
                         kept = (
                             f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
                         )
@@ -488,12 +488,6 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     if is_main:
         write_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
     return summary
-
-
-def all_finite(accelerator: Any, loss: torch.Tensor) -> bool:
-    """Whether this process's loss is finite. (Gathering the check across processes every step made two gloo
-    processes hang now and then, so each process checks its own loss.)"""
-    return bool(torch.isfinite(loss.detach()))
 
 
 def config_yaml_text(cfg: Any) -> str:
