@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Features reused across runs (the classifier prior's) go to a fresh directory, not the user's cache.
+os.environ.setdefault("UNIEMO_CACHE", tempfile.mkdtemp(prefix="uniemo-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from uniemo.constants import EMOSET_EMOTIONS
-from uniemo.data.datasets import EmotionImageDataset, EpochSampler, collate, detect_format, open_dataset
-from uniemo.data.images import load_image
+from uniemo.data.datasets import EmotionImageDataset, EpochSampler, Sample, collate, detect_format, open_dataset
+from uniemo.data.images import draft_size, load_image
 from uniemo.data.synth import OBJECTS, PALETTES, SCENES, SynthConfig, emotion_of, write_synthetic_dataset
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import DataError
@@ -339,3 +339,16 @@ def test_decompression_bombs_are_refused_and_tiny_images_work(tmp_path):
     Image.new("RGB", (1, 1), (10, 200, 30)).save(tmp_path / "dot.png")
     pixels = ClipTransform(32)(load_image(tmp_path / "dot.png"))
     assert pixels.shape == (3, 32, 32) and torch.isfinite(pixels).all()
+
+
+def test_reduced_scale_jpeg_decoding_never_upsamples_a_view(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (1333, 1000), "gray").save(path)
+    # joint training: CLIP sees 224 px, the diffusion model 512 px; the decode must serve the larger one
+    dataset = EmotionImageDataset([Sample(path, 0)], ClipTransform(224), diffusion_size=512)
+    assert min(load_image(path, dataset.draft_size).size) >= 1.3 * 512
+    assert dataset[0]["diffusion_pixels"].shape == (3, 512, 512)
+    # a 64 px model: decoded at 1/8 scale, still above 1.3 × 64
+    small = load_image(path, draft_size(64))
+    assert small.size == (167, 125) and min(small.size) >= 1.3 * 64
+    assert load_image(path).size == (1333, 1000)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.test_cli import assert_one_line_error, uniemo
 from uniemo.errors import CheckpointError, ConfigError
-from uniemo.pipelines.generation import SCHEDULERS, UniEmoPipeline, parse_emotion_weights
+from uniemo.pipelines.generation import DEFAULT_SCHEDULER, SCHEDULERS, UniEmoPipeline, parse_emotion_weights
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,11 @@ def test_transfer_reference_and_schedulers(pipe, synth_dir):
     assert ref.settings["read"] in pipe.classes and len(ref.images) == 2
     for name in SCHEDULERS:
         assert len(pipe("awe", steps=2, scheduler=name).images) == 1
+    # The fast sampler by default; "model" is the diffusion model's own (the paper's setting at 50 steps).
+    assert pipe("awe", steps=2).settings["scheduler"] == DEFAULT_SCHEDULER == "dpm++"
+    assert pipe("awe", steps=2, scheduler="model").settings["scheduler"] == "DDPMScheduler"
+    default, dpm = pipe("awe", steps=3).images[0], pipe("awe", steps=3, scheduler="dpm++").images[0]
+    assert np.array_equal(np.asarray(default), np.asarray(dpm))
 
 
 def test_bad_requests_are_clear_errors(pipe):

@@ -39,7 +39,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from uniemo.checkpoint import read_meta, resolve_checkpoint  # noqa: E402
-from uniemo.data.images import load_image  # noqa: E402
+from uniemo.data.images import draft_size, load_image  # noqa: E402
 from uniemo.errors import DataError, UniEmoError  # noqa: E402
 from uniemo.pipelines.classifier import JOINT_KIND, KIND, EmotionClassifier  # noqa: E402
 
@@ -202,7 +202,7 @@ class UniEmoApp:
             return None, "", None
         from uniemo.visualize import attention_maps, save_attention_figure
 
-        image = read_image(path, draft_size=2 * self.classifier.transform.image_size)  # as classify decodes
+        image = read_image(path, draft_size=draft_size(self.classifier.transform.image_size))  # as classify decodes
         probs = self.classifier.probabilities([image])[0]
         scores = {name: float(p) for name, p in zip(self.classes, probs.tolist())}
         prediction = self.classifier.to_prediction(probs)
@@ -251,7 +251,7 @@ class UniEmoApp:
         mix = {name: w for name, w in mix.items() if w > 0}
         settings = {"prompt": prompt, "num_images": num_images, "steps": steps, "guidance": guidance, "seed": seed}
         if reference is not None:
-            draft = 2 * self.classifier.transform.image_size
+            draft = draft_size(self.classifier.transform.image_size)
             condition: dict[str, Any] = {"reference": read_image(reference, draft)}
         elif mix:
             condition = {"emotion": mix}

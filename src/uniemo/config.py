@@ -134,6 +134,8 @@ class UnderstandingRunConfig:
         save_every: write a resumable ``last/`` checkpoint every this many steps; 0 = at each evaluation.
         log_every: log losses every this many steps.
         threads: torch intra-op threads per process; 0 leaves torch's default.
+        compile: ``torch.compile`` the model (in place: checkpoints keep their names). Pays off on a GPU for long
+            runs; the first steps are slow while it compiles, and it needs a C++ compiler on a CPU.
     """
 
     output_dir: str = ""
@@ -143,6 +145,7 @@ class UnderstandingRunConfig:
     save_every: int = 0
     log_every: int = 10
     threads: int = 0
+    compile: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -174,6 +177,11 @@ class JointConfig:
         space_max_images: training images used for the emotion space (taken evenly from every emotion); 0 = all.
         init_from: a finished joint checkpoint to continue from (explicit feedback): its understanding model,
             mappers, priors and diffusion model are used, and ``understanding``, ``diffusion`` and ``prior`` are not.
+        gradient_checkpointing: recompute the UNet's and the vision tower's activations in backward (less memory
+            at a larger batch or resolution, more compute; README "Speed" has the measured cost).
+        feature_cache: where the classifier prior's CLIP image features are kept between runs (keyed by the CLIP
+            and the files' names, sizes and times); ``None`` = ``$UNIEMO_CACHE`` or ``~/.cache/uniemo``, ``""`` =
+            no cache.
         extra_train: a JSON list of extra training images ``[{"path": …, "emotion": …}, …]`` (explicit feedback's
             selection, repeats allowed) added to the training split; they have no scene/object labels, so L_S
             and L_O are off for them.
@@ -197,6 +205,8 @@ class JointConfig:
     mapper_lr: float = 1e-3
     space_max_images: int = 0
     init_from: str | None = None
+    gradient_checkpointing: bool = False
+    feature_cache: str | None = None
     extra_train: str | None = None
 
 
@@ -209,6 +219,7 @@ class JointRunConfig:
     Attributes:
         output_dir / seed / mixed_precision / save_every / log_every / threads: as in stage 1.
         eval_every: report test accuracy only before and after (0), or also every this many steps.
+        compile: ``torch.compile`` the understanding model and the UNet (see stage 1).
     """
 
     output_dir: str = ""
@@ -218,6 +229,7 @@ class JointRunConfig:
     save_every: int = 100
     log_every: int = 10
     threads: int = 0
+    compile: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     loss: LossConfig = field(default_factory=LossConfig)

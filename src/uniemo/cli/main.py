@@ -14,6 +14,7 @@ from pathlib import Path
 
 from uniemo.config import resolve_config_path
 from uniemo.errors import UniEmoError
+from uniemo.runtime import tune_allocator
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -427,7 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--scheduler", default=None, help="ddim, ddpm, pndm, euler, euler-a, dpm++, unipc")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dpm++ (default), unipc, ddim, ddpm, pndm, euler, euler-a, or 'model' (the diffusion model's own; "
+        "the paper's setting is --scheduler model --steps 50)",
+    )
     p.add_argument("--negative-prompt", default="")
     p.add_argument(
         "--diversity", type=float, default=1.0, help="scale of the emotion space's spread (1: as trained; 0: its mean)"
@@ -536,6 +542,7 @@ def _one_line(err: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    tune_allocator()
     try:
         _quiet_loading_bars(args.command)
         return args.func(args)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from uniemo.constants import EMOSET_EMOTIONS, EMOTIONROI_EMOTIONS, SENTIMENTS
-from uniemo.data.images import is_image_file, load_image
+from uniemo.data.images import draft_size, is_image_file, load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import DataError
 
@@ -383,6 +383,7 @@ class EmotionImageDataset(torch.utils.data.Dataset):
         self.samples = samples
         self.transform = transform
         self.diffusion_view = ClipTransform(diffusion_size) if diffusion_size else None
+        self.draft_size = draft_size(transform.image_size, diffusion_size)
         self.scene_index = {n: i for i, n in enumerate(scene_vocab or [])}
         self.object_index = {n: i for i, n in enumerate(object_vocab or [])}
         self.seed, self.epoch, self.on_bad_image = seed, 0, on_bad_image
@@ -398,8 +399,8 @@ class EmotionImageDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         try:
-            # Decode JPEGs at no less than twice the model's resolution: faster, and still downsampled after.
-            image = load_image(sample.path, draft_size=2 * self.transform.image_size)
+            # A JPEG is decoded at reduced scale when both views (CLIP's, the diffusion model's) still downsample.
+            image = load_image(sample.path, draft_size=self.draft_size)
         except DataError as err:
             if self.on_bad_image == "error":
                 raise

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,20 @@ class ClipNetwork:
         ]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.config.projection_dim)
 
-    def embed_samples(self, samples: list[Sample], batch_size: int = 64) -> tuple[torch.Tensor, list[int]]:
+    def embed_samples(
+        self, samples: list[Sample], batch_size: int = 64, num_workers: int = 0
+    ) -> tuple[torch.Tensor, list[int]]:
         """(N', d) embeddings of the readable images among ``samples`` (unreadable ones are skipped and logged),
-        and the indices of those N' samples."""
+        and the indices of those N' samples; ``num_workers`` processes decode while the network runs."""
         dataset = EmotionImageDataset(samples, self.preprocess, on_bad_image="skip")
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=collate,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         chunks, indices, bad = [], [], []
         for batch in loader:
             bad.extend(batch["bad"])
@@ -178,13 +188,22 @@ def _samples_key(network: ClipNetwork, samples: list[Sample]) -> str:
     return digest.hexdigest()[:24]
 
 
+def default_cache_dir() -> Path:
+    """``$UNIEMO_CACHE``, else ``~/.cache/uniemo``: where features reused across runs are kept."""
+    return Path(os.environ.get("UNIEMO_CACHE") or Path.home() / ".cache" / "uniemo")
+
+
 def cached_embeddings(
-    network: ClipNetwork, samples: list[Sample], cache_dir: str | Path | None, batch_size: int = 64
+    network: ClipNetwork,
+    samples: list[Sample],
+    cache_dir: str | Path | None,
+    batch_size: int = 64,
+    num_workers: int = 0,
 ) -> tuple[torch.Tensor, list[int]]:
     """:meth:`ClipNetwork.embed_samples`, stored in ``cache_dir`` as safetensors and read back when nothing
     changed (same network, same files). ``cache_dir=None`` computes without caching."""
     if cache_dir is None:
-        return network.embed_samples(samples, batch_size)
+        return network.embed_samples(samples, batch_size, num_workers)
     file = Path(cache_dir) / f"clip-features-{_samples_key(network, samples)}.safetensors"
     if file.is_file():
         try:
@@ -192,7 +211,7 @@ def cached_embeddings(
             return stored["features"], stored["indices"].tolist()
         except Exception:  # a damaged cache file is recomputed, never trusted
             logger.warning("ignoring the unreadable feature cache %s", file)
-    features, indices = network.embed_samples(samples, batch_size)
+    features, indices = network.embed_samples(samples, batch_size, num_workers)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".tmp")
     save_file({"features": features.contiguous(), "indices": torch.tensor(indices, dtype=torch.long)}, str(tmp))

@@ -20,6 +20,7 @@ from uniemo.models.factory import STANDIN, check_tokenizer, clip_tokenizer, from
 
 TINY_SD = "tiny-sd"
 TINY_SDXL = "tiny-sdxl"
+SD15_ARCH = "sd15-arch"
 
 
 def _tiny_text_encoder(width: int, projection: bool = False) -> Any:
@@ -131,11 +132,56 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     )
 
 
+def stable_diffusion_15_architecture(seed: int = 0) -> Any:
+    """Stable Diffusion 1.5's architecture with random weights (benchmarks and GPU checks without its weights):
+    the 860 M-parameter UNet (320/640/1280/1280 channels, cross-attention width 768), the 84 M-parameter VAE
+    (128/256/512/512, latents at 1/8 of the side, scaling 0.18215), CLIP ViT-L/14's 12-layer text encoder with
+    the real tokenizer, and SD 1.5's own PNDM scheduler settings."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from uniemo.models.factory import architecture_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x's
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(architecture_config("clip-vit-large-patch14-arch").text_config)
+    scheduler = PNDMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def load_stable_diffusion(spec: str, seed: int = 0) -> Any:
     """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` from a hub id
     (``stable-diffusion-v1-5/stable-diffusion-v1-5``, ``stabilityai/stable-diffusion-xl-base-1.0``), a local
-    directory in diffusers' layout, ``uniemo-standin`` (the shipped stand-in), or ``tiny-sd`` / ``tiny-sdxl``
-    (random init). Weights are read as float32 (cast later for mixed precision).
+    directory in diffusers' layout, ``uniemo-standin`` (the shipped stand-in), ``tiny-sd`` / ``tiny-sdxl``
+    (random init, toy size) or ``sd15-arch`` (random init, SD 1.5's size). Weights are read as float32 (cast
+    later for mixed precision).
 
     Raises:
         CheckpointError: nothing loadable there, or a pipeline that is not Stable Diffusion.
@@ -144,12 +190,15 @@ def load_stable_diffusion(spec: str, seed: int = 0) -> Any:
         return tiny_stable_diffusion(seed)
     if spec == TINY_SDXL:
         return tiny_stable_diffusion_xl(seed)
+    if spec == SD15_ARCH:
+        return stable_diffusion_15_architecture(seed)
     from diffusers import DiffusionPipeline
 
     path = resolve_spec(spec, "sd")
     instead = (
         "a local directory in diffusers' layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
-        f"scheduler/), a hub id in the local Hugging Face cache, '{STANDIN}', '{TINY_SD}' or '{TINY_SDXL}'"
+        f"scheduler/), a hub id in the local Hugging Face cache, '{STANDIN}', '{TINY_SD}', '{TINY_SDXL}' or "
+        f"'{SD15_ARCH}'"
     )
     pipe = from_pretrained_or_explain(
         DiffusionPipeline, path, "a Stable Diffusion pipeline", instead, dtype=torch.float32

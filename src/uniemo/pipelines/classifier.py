@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from uniemo.checkpoint import atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
 from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate
-from uniemo.data.images import load_image
+from uniemo.data.images import draft_size, load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError
 from uniemo.models.understanding import ExpertQueryCLIP, UnderstandingOutput
@@ -114,7 +114,7 @@ class EmotionClassifier:
     # ----------------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image | str | Path]) -> torch.Tensor:
         """PIL images or paths → (B, 3, S, S) pixel values. Paths are read with :func:`load_image`."""
-        draft = 2 * self.transform.image_size  # as the dataset path decodes, so both give the same pixels
+        draft = draft_size(self.transform.image_size)  # as the dataset path decodes, so both give the same pixels
         pils = [load_image(im, draft) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
         return torch.stack([self.transform(im) for im in pils]).to(self.device)
 

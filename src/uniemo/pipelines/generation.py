@@ -31,7 +31,14 @@ from uniemo.models.diffusion import load_stable_diffusion
 from uniemo.models.uniemo import PromptEncoder, UniEmoModel
 from uniemo.pipelines.classifier import JOINT_KIND
 
-#: Scheduler names accepted by ``scheduler=`` / ``--scheduler`` → diffusers class.
+#: The sampler used when none is named: DPM-Solver++ (2nd order, multistep) reaches at 25 steps what DDIM or
+#: PLMS reach at 50. ``scheduler="model", steps=50`` is the paper's (and EmoGen's) setting: the diffusion model's
+#: own scheduler (PLMS for SD 1.5) at diffusers' default 50 steps.
+DEFAULT_SCHEDULER = "dpm++"
+DEFAULT_STEPS = 25
+
+#: Scheduler names accepted by ``scheduler=`` / ``--scheduler`` → diffusers class (``model``: the diffusion
+#: model's own scheduler, as shipped).
 SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
@@ -40,6 +47,7 @@ SCHEDULERS: dict[str, str] = {
     "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
+    "model": "",
 }
 _SAVED_DIFFUSION = "diffusion"  # save_pretrained(include_diffusion=True) puts the pipeline here
 
@@ -104,6 +112,7 @@ class UniEmoPipeline:
         self.resolution = int(meta.get("resolution", 512))
         self.transform = ClipTransform(model.understanding.image_size)
         self.diffusion.set_progress_bar_config(disable=True)
+        self._negative_cache: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -204,16 +213,39 @@ class UniEmoPipeline:
         feats = {"cls": out.cls, "scene": out.scene, "object": out.object}
         return self.model.condition(feats, emotion), self.classes[int(emotion)]
 
+    def _negative(self, negative_prompt: str) -> dict[str, torch.Tensor]:
+        """The negative prompt's embeddings for one image (the text encoder is frozen, so they are kept: the same
+        negative prompt is encoded once, not once per batch)."""
+        key = (
+            negative_prompt,
+            self.encoder.injectors[0].text_encoder.device,
+            self.encoder.injectors[0].text_encoder.dtype,
+        )
+        if self._negative_cache.get("key") != key:
+            negative = self.encoder.encode([negative_prompt])
+            if (
+                self.encoder.is_xl
+                and not negative_prompt
+                and self.diffusion.config.get("force_zeros_for_empty_prompt")
+            ):
+                negative = {k: torch.zeros_like(v) for k, v in negative.items()}  # as SDXL itself does
+            self._negative_cache = {"key": key, "embeds": negative}
+        return self._negative_cache["embeds"]
+
     @contextlib.contextmanager
-    def _scheduler(self, name: str | None) -> Iterator[None]:
+    def _scheduler(self, name: str) -> Iterator[None]:
         original = self.diffusion.scheduler
-        if name is not None:
+        if name != "model":
             if name not in SCHEDULERS:
                 raise ConfigError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
             import diffusers
 
             extra = {"skip_prk_steps": True} if name == "pndm" else {}  # PLMS, as Stable Diffusion ships it
-            self.diffusion.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config, **extra)
+            # Every value of the model's config passed on explicitly, defaults included: diffusers otherwise lets the
+            # new class's own defaults replace the ones the model never wrote down (timestep_spacing would be
+            # "linspace" for a scheduler built in memory and "leading" once saved and reloaded).
+            config = {k: v for k, v in original.config.items() if k != "_use_default_values"}
+            self.diffusion.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(config, **extra)
         try:
             yield
         finally:
@@ -247,7 +279,7 @@ class UniEmoPipeline:
         prompt: str | None = None,
         reference: Image.Image | str | Path | None = None,
         num_images: int = 1,
-        steps: int = 25,
+        steps: int = DEFAULT_STEPS,
         guidance: float = 7.5,
         scheduler: str | None = None,
         seed: int = 0,
@@ -263,7 +295,8 @@ class UniEmoPipeline:
                 with ``reference``.
             prompt: content to transfer the emotion onto (``"a bench"``); None generates the emotion alone.
             reference: an image whose feeling (its own cls, s, o) conditions the images instead of an emotion.
-            steps / guidance / scheduler / negative_prompt: sampling settings (scheduler: :data:`SCHEDULERS`).
+            steps / guidance / scheduler / negative_prompt: sampling settings (scheduler: a name of
+                :data:`SCHEDULERS`; None is :data:`DEFAULT_SCHEDULER`, ``"model"`` the diffusion model's own).
             seed: images i use seed + i, for the emotion-space sample and for the initial noise.
             size: image side; default the training resolution.
             diversity: scales the emotion space's standard deviation when sampling (1: METHOD §5; 0: the mean).
@@ -275,12 +308,13 @@ class UniEmoPipeline:
             raise ConfigError("give an emotion (or weighted emotions) or a reference image, not both or neither")
         if num_images < 1 or steps < 1 or guidance < 0 or diversity < 0:
             raise ConfigError("num_images and steps must be ≥ 1, guidance and diversity ≥ 0")
+        scheduler = scheduler or DEFAULT_SCHEDULER
         settings: dict[str, Any] = {
             "prompt": prompt,
             "num_images": num_images,
             "steps": steps,
             "guidance": guidance,
-            "scheduler": scheduler or type(self.diffusion.scheduler).__name__,
+            "scheduler": type(self.diffusion.scheduler).__name__ if scheduler == "model" else scheduler,
             "seed": seed,
             "negative_prompt": negative_prompt,
         }
@@ -302,13 +336,7 @@ class UniEmoPipeline:
                 chunk = conditions[start : start + batch_size]
                 n = len(chunk)
                 positive = self.encoder.encode([text] * n, chunk)
-                negative = self.encoder.encode([negative_prompt] * n)
-                if (
-                    self.encoder.is_xl
-                    and not negative_prompt
-                    and self.diffusion.config.get("force_zeros_for_empty_prompt")
-                ):
-                    negative = {k: torch.zeros_like(v) for k, v in negative.items()}  # as SDXL itself does
+                negative = {k: v.expand(n, *v.shape[1:]) for k, v in self._negative(negative_prompt).items()}
                 kwargs = {
                     "prompt_embeds": positive["prompt_embeds"],
                     "negative_prompt_embeds": negative["prompt_embeds"],

@@ -141,9 +141,12 @@ def compute_prior(
         model.prior_scene.copy_(cooccurrence_prior(scene_ids, labels, len(scene_vocab), k))
         model.prior_object.copy_(cooccurrence_prior(object_ids, labels, len(object_vocab), k))
         return "cooccurrence"
-    from uniemo.metrics.networks import ClipNetwork
+    from uniemo.metrics.networks import ClipNetwork, cached_embeddings, default_cache_dir
 
-    features, indices = ClipNetwork(spec, device).embed_samples(samples)
+    cache = cfg.joint.feature_cache
+    cache_dir = None if cache == "" else Path(cache) if cache else default_cache_dir() / "features"
+    network = ClipNetwork(spec, device)
+    features, indices = cached_embeddings(network, samples, cache_dir, num_workers=cfg.data.num_workers)
     if not indices:
         raise DataError("no readable training image for the classifier prior")
     head = train_prior_head(
@@ -348,7 +351,6 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         part.requires_grad_(False).eval().to(device)
         if weight_dtype != torch.float32:
             part.to(dtype=weight_dtype)
-    scaling = float(vae.config.scaling_factor)
 
     stage1_extra = start.stage1_extra
     text_spec = stage1_extra.get("text_model") or stage1_extra.get("backbone") or ""
@@ -384,6 +386,12 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         load_weights(last_dir, model)
         counters = load_training_state(last_dir, optimizer, scheduler)
         logger.info("resuming at step %d (epoch %d)", counters["step"], counters["epoch"])
+    if j.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        u.gradient_checkpointing = True
+    if cfg.compile:
+        model.understanding.compile()  # in place: the state dict keeps its names
+        unet.compile()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if resume and accelerator.scaler is not None and "grad_scaler" in counters:
         accelerator.scaler.load_state_dict(counters["grad_scaler"])
@@ -438,8 +446,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     model.train()
     bar = tqdm(total=total_steps, initial=counters["step"], desc="joint", disable=not (progress and is_main))
     start_time, start_step = time.perf_counter(), counters["step"]
-    weights, running, last_logs = cfg.loss, {}, {}
-    prompt = j.template.format(j.placeholder)
+    running, last_logs = {}, {}
+    objective = JointObjective(encoder, vae, unet, noise_scheduler, j, cfg.loss, weight_dtype)
     synced_batch = counters["batch_in_epoch"]
     try:
         while counters["step"] < total_steps:
@@ -460,30 +468,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                     + accelerator.process_index
                 )
                 with accelerator.accumulate(model):
-                    labels = batch["label"]
-                    out, condition = model(batch["pixel_values"], labels)
-                    base = accelerator.unwrap_model(model)
-                    vocab = {
-                        "scene": base.understanding.scene_vocab_embeds,
-                        "object": base.understanding.object_vocab_embeds,
-                    }
-                    loss_u, parts = understanding_loss(out, batch, vocab, weights, model_temperature(base))
-                    loss_cond = _condition_loss(base, condition, labels, j)
-                    with torch.no_grad():
-                        pixels = batch["diffusion_pixels"].to(device, dtype=weight_dtype)
-                        latents = vae.encode(pixels).latent_dist.sample(generator=gen) * scaling
-                    text = encoder.encode([prompt] * len(labels), condition.to(weight_dtype))
-                    added = None
-                    if encoder.is_xl:
-                        added = {
-                            "text_embeds": text["pooled_prompt_embeds"],
-                            "time_ids": sdxl_time_ids(len(labels), j.resolution, device, weight_dtype),
-                        }
-                    loss_theta = diffusion_loss(unet, noise_scheduler, latents, text["prompt_embeds"], gen, added)
-                    loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
-                    if loss_cond is not None:
-                        loss = loss + j.condition_weight * loss_cond
-                        parts["loss/cond"] = loss_cond.detach()
+                    loss, parts = objective(model, accelerator.unwrap_model(model), batch, gen)
                     if not torch.isfinite(loss):
                         kept = (
                             f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
@@ -499,7 +484,6 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                    parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
                     parts["loss/total"] = loss.detach()
                 for key, value in parts.items():
                     running[key] = running.get(key, 0.0) + float(value)
@@ -595,6 +579,62 @@ def _stratified(samples: list, limit: int, num_classes: int) -> list:
 
 def model_temperature(model: UniEmoModel) -> float:
     return float(model.hparams["temperature"])
+
+
+@dataclass
+class JointObjective:
+    """L_Joint of one batch (METHOD §4), used by training and by ``benchmarks/joint_step.py``:
+    understanding forward → L_U and L_cond; the images' VAE latents (no gradient) → c in the placeholder's place
+    → L(θ) through the frozen text encoder and UNet; L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ).
+
+    Attributes:
+        encoder / vae / unet: the frozen diffusion model's parts (already in ``weight_dtype``).
+        noise_scheduler: the DDPM scheduler that draws the training noise.
+        joint / weights: the run's ``joint`` and ``loss`` settings.
+        weight_dtype: the frozen parts' dtype (float16/bfloat16 under mixed precision).
+    """
+
+    encoder: PromptEncoder
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    joint: Any
+    weights: Any
+    weight_dtype: torch.dtype = torch.float32
+
+    def __call__(
+        self, model: Any, base: UniEmoModel, batch: dict[str, Any], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(L_Joint, its detached parts) for ``batch``; ``model`` is ``base`` or its distributed wrapper.
+
+        ``batch`` holds ``pixel_values`` (B, 3, S, S) for CLIP, ``diffusion_pixels`` (B, 3, R, R) in [-1, 1],
+        ``label`` (B,) and ``scene_id`` / ``object_id`` (B,) (-1: no annotation); ``gen`` draws the latents'
+        sample, the noise and the timesteps."""
+        j = self.joint
+        labels = batch["label"]
+        out, condition = model(batch["pixel_values"], labels)
+        vocab = {"scene": base.understanding.scene_vocab_embeds, "object": base.understanding.object_vocab_embeds}
+        loss_u, parts = understanding_loss(out, batch, vocab, self.weights, model_temperature(base))
+        loss_cond = _condition_loss(base, condition, labels, j)
+        device = condition.device
+        with torch.no_grad():
+            pixels = batch["diffusion_pixels"].to(device, dtype=self.weight_dtype)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
+        prompt = j.template.format(j.placeholder)
+        text = self.encoder.encode([prompt] * len(labels), condition.to(self.weight_dtype))
+        added = None
+        if self.encoder.is_xl:
+            added = {
+                "text_embeds": text["pooled_prompt_embeds"],
+                "time_ids": sdxl_time_ids(len(labels), j.resolution, device, self.weight_dtype),
+            }
+        loss_theta = diffusion_loss(self.unet, self.noise_scheduler, latents, text["prompt_embeds"], gen, added)
+        loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
+        if loss_cond is not None:
+            loss = loss + j.condition_weight * loss_cond
+            parts["loss/cond"] = loss_cond.detach()
+        parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
+        return loss, parts
 
 
 def _condition_loss(model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor, j: Any) -> torch.Tensor | None:

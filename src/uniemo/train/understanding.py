@@ -51,6 +51,10 @@ _RESUMABLE_CHANGES = {
     "data.num_workers",
     "threads",
     "output_dir",
+    "compile",
+    "model.gradient_checkpointing",
+    "joint.gradient_checkpointing",
+    "joint.feature_cache",
 }
 
 
@@ -295,6 +299,8 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     warmup = int(cfg.optim.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
     # accelerate gives each process its own micro-batches of the shuffled order.
+    if cfg.compile:
+        model.compile()  # in place: the state dict keeps its names
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
     vocab_embeds = {"scene": unwrapped.scene_vocab_embeds, "object": unwrapped.object_vocab_embeds}  # on its device
