@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-reference lint benchmark clean
+.PHONY: demo test test-fast test-reference lint benchmark speed clean
 
 $(BIN)/uniemo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ lint: $(BIN)/uniemo
 
 benchmark: $(BIN)/uniemo
 	$(BIN)/python benchmarks/understanding_query_modes.py
+
+# What uniemo adds on top of CLIP and Stable Diffusion, each against its baseline (README, "Speed"); about 30
+# minutes on 2 CPU cores. On a GPU machine: bash benchmarks/gpu_check.sh
+speed: $(BIN)/uniemo
+	$(BIN)/python benchmarks/understanding_throughput.py
+	$(BIN)/python benchmarks/generation_speed.py
+	$(BIN)/python benchmarks/joint_step.py --sizes demo sd15-vitb32-256 sd15-vitb32-512 --reps 3
+	$(BIN)/python benchmarks/classify_folder.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,11 +1,12 @@
 """Classifying a folder from disk: end-to-end images/s vs the model alone (decoding overlapped with compute).
 
-    python benchmarks/classify_folder.py [--images 1000] [--size 375] [--arch tiny-clip] [--workers 0 1 2]
+    python benchmarks/classify_folder.py [--images 1000] [--size 375] [--arch tiny-clip] [--workers 0 1 2] [--reps 3]
 
 Writes ``--images`` JPEGs of ``--size`` px (photo-like sizes by default) once, builds a random-init model of
 ``--arch``, then measures, in one process: the model alone on pre-processed tensors (the ceiling), and
 ``EmotionClassifier.predict_files`` (read, decode, resize, classify) with each worker count. Goal (issue 6):
-end-to-end ≥ 0.8 × model-only. The last line is JSON.
+end-to-end ≥ 0.8 × model-only. The contenders alternate within each repetition; ratios are per repetition
+(min / median / max). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ def main() -> int:
     parser.add_argument("--arch", default="tiny-clip")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where the JPEGs go (default: a temporary directory)")
     args = parser.parse_args()
 
     import numpy as np
     import torch
     from PIL import Image
+
+    from timing import fmt, setup, spread
+
+    env = setup()
 
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
@@ -72,22 +78,33 @@ def main() -> int:
         assert n == len(paths)
         return len(paths) / (time.perf_counter() - start)
 
+    contenders = {"model_only": model_only, **{f"workers_{w}": (lambda w=w: end_to_end(w)) for w in args.workers}}
+    # Each contender returns images/s; the time of one pass is images / rate.
+    rates: dict[str, list[float]] = {k: [] for k in contenders}
     model_only()  # warm-up
+    for _ in range(args.reps):
+        for key, fn in contenders.items():
+            rates[key].append(fn())
     rows = []
-    ceiling = model_only()
-    for workers in args.workers:
-        rate = end_to_end(workers)
-        ceiling = max(ceiling, model_only())  # re-measured beside each run: the machine drifts
-        rows.append({"workers": workers, "end_to_end_images_per_s": rate})
+    for w in args.workers:
+        key = f"workers_{w}"
+        rows.append(
+            {
+                "workers": w,
+                "end_to_end_images_per_s": spread(rates[key]),
+                "ratio_to_model_only": spread([a / b for a, b in zip(rates[key], rates["model_only"], strict=True)]),
+            }
+        )
+    ceiling = spread(rates["model_only"])
+    print(f"\nmodel only ({args.arch}, batch {args.batch_size}): {fmt(ceiling, 1)} images/s")
+    print(f"{'workers':>7} {'end-to-end img/s':>24} {'÷ model-only':>20}")
     for row in rows:
-        row["ratio_to_model_only"] = row["end_to_end_images_per_s"] / ceiling
-    print(f"\nmodel only ({args.arch}, batch {args.batch_size}): {ceiling:.1f} images/s")
-    print(f"{'workers':>7} {'end-to-end img/s':>17} {'÷ model-only':>13}")
-    for row in rows:
-        print(f"{row['workers']:>7} {row['end_to_end_images_per_s']:>17.1f} {row['ratio_to_model_only']:>13.2f}")
+        print(
+            f"{row['workers']:>7} {fmt(row['end_to_end_images_per_s'], 1):>24} {fmt(row['ratio_to_model_only']):>20}"
+        )
     print(
-        f"({args.images} JPEGs of {args.size * 4 // 3}×{args.size} px; "
-        f"torch threads {torch.get_num_threads()}; goal ≥ 0.80)"
+        f"({args.images} JPEGs of {args.size * 4 // 3}×{args.size} px; torch threads {torch.get_num_threads()}; "
+        f"{args.reps} repetitions, median (min–max); goal ≥ 0.80)"
     )
     print(
         json.dumps(
@@ -95,6 +112,8 @@ def main() -> int:
                 "benchmark": "classify_folder",
                 "arch": args.arch,
                 "images": args.images,
+                "reps": args.reps,
+                **env,
                 "model_only_images_per_s": ceiling,
                 "rows": rows,
             }

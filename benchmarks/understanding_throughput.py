@@ -5,8 +5,8 @@
 Same weights, shapes and threads, one process; the two models are timed in alternation and the median of
 ``--reps`` repetitions is kept (these machines are noisy). For each size it prints forward (inference) and
 train-step (forward + backward + AdamW) images/s of both, the time ratio, and the ratio of their forward FLOPs
-(counted by ``torch.utils.flop_counter``): the extra query tokens and Interactive Blocks. Goal (issue 6):
-time ratio ≤ 1.1 × FLOP ratio. The last line is JSON.
+(counted by ``torch.utils.flop_counter``): the extra query tokens and Interactive Blocks. Ratios are per
+repetition (min / median / max). Goal (issue 6): time ratio ≤ 1.1 × FLOP ratio. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,6 +30,10 @@ def main() -> int:
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from timing import alternate, fmt, ratio_spread, setup, spread
+
+    env = setup()
 
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
@@ -82,20 +84,10 @@ def main() -> int:
             optimizers[key].step()
             optimizers[key].zero_grad(set_to_none=True)
 
-        times = {(k, w): [] for k in models for w in ("forward", "train")}
-        for work, fn in (("forward", infer), ("train", train)):
-            for key in models:  # warm-up
-                fn(key)
-            for _ in range(args.reps):
-                for key in models:
-                    start = time.perf_counter()
-                    fn(key)
-                    times[(key, work)].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        spread = {k: (min(v), max(v)) for k, v in times.items()}
         flop_ratio = flops["queries"] / flops["plain"]
-        for work in ("forward", "train"):
-            ratio = med[("queries", work)] / med[("plain", work)]
+        for work, fn in (("forward", infer), ("train", train)):
+            times = alternate({key: (lambda key=key, fn=fn: fn(key)) for key in models}, args.reps)
+            ratio = ratio_spread(times["queries"], times["plain"])
             rows.append(
                 {
                     "size": name,
@@ -103,23 +95,23 @@ def main() -> int:
                     "batch": batch,
                     "image_size": size,
                     "queries_per_set": queries,
-                    "plain_images_per_s": batch / med[("plain", work)],
-                    "queries_images_per_s": batch / med[("queries", work)],
-                    "plain_s_min_max": spread[("plain", work)],
-                    "queries_s_min_max": spread[("queries", work)],
+                    "plain_images_per_s": batch / spread(times["plain"])["median"],
+                    "queries_images_per_s": batch / spread(times["queries"])["median"],
+                    "plain_seconds": spread(times["plain"]),
+                    "queries_seconds": spread(times["queries"]),
                     "time_ratio": ratio,
                     "flop_ratio": flop_ratio,
-                    "time_over_flop_ratio": ratio / flop_ratio,
+                    "time_over_flop_ratio": {k: v / flop_ratio for k, v in ratio.items()},
                 }
             )
-    print(f"\n{'size':<28} {'work':<8} {'plain img/s':>11} {'query img/s':>11} {'time ×':>7} {'FLOP ×':>7} {'÷':>5}")
+    print(f"\n{'size':<28} {'work':<8} {'plain img/s':>11} {'query img/s':>11} {'time ×':>18} {'FLOP ×':>7} {'÷':>18}")
     for r in rows:
         print(
             f"{r['size']:<28} {r['work']:<8} {r['plain_images_per_s']:>11.1f} {r['queries_images_per_s']:>11.1f} "
-            f"{r['time_ratio']:>7.2f} {r['flop_ratio']:>7.2f} {r['time_over_flop_ratio']:>5.2f}"
+            f"{fmt(r['time_ratio']):>18} {r['flop_ratio']:>7.2f} {fmt(r['time_over_flop_ratio']):>18}"
         )
-    print(f"(torch threads: {torch.get_num_threads()}, median of {args.reps}; goal: ÷ ≤ 1.10)")
-    print(json.dumps({"benchmark": "understanding_throughput", "reps": args.reps, "rows": rows}))
+    print(f"(torch threads: {torch.get_num_threads()}, median (min–max) of {args.reps} repetitions; goal: ÷ ≤ 1.10)")
+    print(json.dumps({"benchmark": "understanding_throughput", "reps": args.reps, **env, "rows": rows}))
     return 0
 
 

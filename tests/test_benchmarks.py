@@ -1,0 +1,66 @@
+"""The benchmark scripts run (at toy sizes, one repetition) and print what their closing JSON line promises.
+
+Their numbers are measured by running them at full size (README, "Speed"); here only that they cannot rot.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_generation_speed_draws_the_plain_pipelines_images():
+    out = _run("generation_speed.py", "--sizes", "tiny", "--reps", "1")
+    (row,) = out["rows"]
+    assert row["max_pixel_difference"] == 0  # same embeddings, scheduler and seeds: the same images
+    assert row["ratio"]["median"] > 0 and row["scheduler"] == "dpm++" and out["allocator_tuned"] is True
+
+
+def test_joint_step_times_every_part():
+    (row,) = _run("joint_step.py", "--sizes", "tiny", "--reps", "1")["rows"]
+    assert set(row["seconds"]) == {
+        "joint", "textual_inversion", "vision_branch", "vae_encode", "text_encoder", "unet_fwd_bwd",
+    }  # fmt: skip
+    assert all(s["median"] > 0 for s in row["seconds"].values()) and row["joint_over_ti"]["median"] > 0
+
+
+def test_understanding_throughput_and_classify_folder(tmp_path):
+    rows = _run("understanding_throughput.py", "--sizes", "micro-clip", "--reps", "1")["rows"]
+    assert [r["work"] for r in rows] == ["forward", "train"] and rows[0]["flop_ratio"] > 1
+    out = _run("classify_folder.py", "--images", "24", "--size", "40", "--workers", "0", "--reps", "1",
+               "--arch", "micro-clip", "--dir", str(tmp_path))  # fmt: skip
+    assert out["rows"][0]["ratio_to_model_only"]["median"] > 0
+
+
+def test_gpu_check_runs_its_whole_path_on_a_cpu():
+    r = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["stage1"]["images_per_s"] > 0 and out["joint"]["images_per_s"] > 0
+    assert [g["images_per_call"] for g in out["generation"]["rows"]] == [1, 2]
+    assert out["stage1"]["tflop_per_step"] > 0 and out["joint"]["tflop_per_step"] > 0
