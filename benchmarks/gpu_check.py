@@ -160,10 +160,20 @@ def _batch(shapes: dict, n: int, side: int) -> dict:
     }
 
 
-def _memory(device) -> float | None:
+def _training_row(step, batch: int, iters: int, tools: dict, device) -> dict:
+    """Counted FLOPs, then ``iters`` timed steps: images/s, MFU and peak memory (CUDA) of one training step."""
     import torch
 
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    flops = tools["counted"](step)
+    seconds = tools["timed"](step, iters)
+    return {
+        "batch": batch,
+        "images_per_s": batch / seconds,
+        "seconds_per_step": seconds,
+        "tflop_per_step": flops / 1e12,
+        "mfu": tools["mfu"](flops, seconds),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def stage1_check(shapes: dict, tools: dict, batch: int, iters: int) -> dict:
@@ -185,16 +195,7 @@ def stage1_check(shapes: dict, tools: dict, batch: int, iters: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    flops = tools["counted"](step)
-    seconds = tools["timed"](step, iters)
-    return {
-        "batch": batch,
-        "images_per_s": batch / seconds,
-        "seconds_per_step": seconds,
-        "tflop_per_step": flops / 1e12,
-        "mfu": tools["mfu"](flops, seconds),
-        "peak_memory_gib": _memory(shapes["device"]),
-    }
+    return _training_row(step, batch, iters, tools, shapes["device"])
 
 
 def joint_check(shapes: dict, tools: dict, pipe, encoder, batch: int, iters: int):
@@ -230,17 +231,7 @@ def joint_check(shapes: dict, tools: dict, pipe, encoder, batch: int, iters: int
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    flops = tools["counted"](step)
-    seconds = tools["timed"](step, iters)
-    row = {
-        "batch": batch,
-        "images_per_s": batch / seconds,
-        "seconds_per_step": seconds,
-        "tflop_per_step": flops / 1e12,
-        "mfu": tools["mfu"](flops, seconds),
-        "peak_memory_gib": _memory(shapes["device"]),
-    }
-    return row, model
+    return _training_row(step, batch, iters, tools, shapes["device"]), model
 
 
 def generation_check(shapes: dict, tools: dict, pipe, encoder, model, images: int, steps: int) -> dict:

@@ -93,13 +93,29 @@ def tiny_stable_diffusion_xl(seed: int = 0, image_size: int = 32) -> Any:
     )
 
 
+def sd_pipeline(vae: Any, text_encoder: Any, unet: Any, scheduler: Any) -> Any:
+    """A ``StableDiffusionPipeline`` of these parts with CLIP's real tokenizer and no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     """A ``StableDiffusionPipeline`` of the real classes at toy size, randomly initialised (tests, benchmarks).
 
     UNet2DConditionModel and AutoencoderKL with channels (32, 64) (latents at half the image side), a 2-layer
     CLIPTextModel with CLIP's real tokenizer, and a DDPM scheduler.
     """
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -120,16 +136,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     scheduler = DDPMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(vae, text_encoder, unet, scheduler)
 
 
 def stable_diffusion_15_architecture(seed: int = 0) -> Any:
@@ -137,7 +144,7 @@ def stable_diffusion_15_architecture(seed: int = 0) -> Any:
     the 860 M-parameter UNet (320/640/1280/1280 channels, cross-attention width 768), the 84 M-parameter VAE
     (128/256/512/512, latents at 1/8 of the side, scaling 0.18215), CLIP ViT-L/14's 12-layer text encoder with
     the real tokenizer, and SD 1.5's own PNDM scheduler settings."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from uniemo.models.factory import architecture_config
@@ -164,16 +171,7 @@ def stable_diffusion_15_architecture(seed: int = 0) -> Any:
         skip_prk_steps=True,
         steps_offset=1,
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(vae, text_encoder, unet, scheduler)
 
 
 def load_stable_diffusion(spec: str, seed: int = 0) -> Any:

@@ -298,9 +298,9 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
     warmup = int(cfg.optim.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
-    # accelerate gives each process its own micro-batches of the shuffled order.
     if cfg.compile:
         model.compile()  # in place: the state dict keeps its names
+    # accelerate gives each process its own micro-batches of the shuffled order.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
     vocab_embeds = {"scene": unwrapped.scene_vocab_embeds, "object": unwrapped.object_vocab_embeds}  # on its device
