@@ -4,9 +4,9 @@
 # memory at batch 8, seconds per 512 px image at 25 steps and MFU estimates; the last line is JSON. Stops itself
 # after 8 minutes.
 #
-# The GPU image has torch, transformers and accelerate but not diffusers: before the call, on this machine,
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1
+# The GPU image has torch, transformers and accelerate but not diffusers: before the call, on this machine (.whl/
+# is git-ignored, so it travels only when carried),
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1 importlib_metadata
 # then run it with `carry: [".whl"]`:  bash benchmarks/gpu_check.sh
 # Anywhere else (a workstation with uniemo installed) it runs as it is; `bash benchmarks/gpu_check.sh --tiny` is
 # the seconds-long smoke test on a CPU.
