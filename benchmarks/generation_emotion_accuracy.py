@@ -52,6 +52,7 @@ def main() -> int:
     parser.add_argument("--per-emotion", type=int, default=25, help="generated images per emotion")
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--scheduler", default="model", help="the stand-in's own DDPM by default (see the demo)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/bench-generation")
     parser.add_argument("--seed", type=int, default=0)
@@ -101,7 +102,12 @@ def main() -> int:
         summary = json.loads((run / "summary.json").read_text())
         pipe = UniEmoPipeline.from_pretrained(run)
         start = time.perf_counter()
-        sampling = {"steps": args.sample_steps, "guidance": args.guidance, "seed": args.seed}
+        sampling = {
+            "steps": args.sample_steps,
+            "guidance": args.guidance,
+            "scheduler": args.scheduler,
+            "seed": args.seed,
+        }
         result, images = emotion_accuracy(pipe, judge, args.per_emotion, **sampling)
         image_grid([row[:8] for row in images], classes, out / f"samples-{name}.png")
         rows.append(
