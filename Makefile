@@ -56,6 +56,7 @@ speed: $(BIN)/uniemo
 	$(BIN)/python benchmarks/generation_speed.py
 	$(BIN)/python benchmarks/joint_step.py --sizes demo sd15-vitb32-256 sd15-vitb32-512 --reps 3
 	$(BIN)/python benchmarks/classify_folder.py
+	$(BIN)/python benchmarks/classify_folder.py --arch clip-vit-base-patch32-arch --workers 0 1
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
