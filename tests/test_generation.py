@@ -60,6 +60,10 @@ def test_transfer_reference_and_schedulers(pipe, synth_dir):
     assert pipe("awe", steps=2, scheduler="model").settings["scheduler"] == "DDPMScheduler"
     default, dpm = pipe("awe", steps=3).images[0], pipe("awe", steps=3, scheduler="dpm++").images[0]
     assert np.array_equal(np.asarray(default), np.asarray(dpm))
+    # the negative prompt's embedding is kept between calls, and follows the negative prompt
+    dark = pipe("awe", steps=3, negative_prompt="dark").images[0]
+    assert not np.array_equal(np.asarray(dark), np.asarray(default))
+    assert np.array_equal(np.asarray(pipe("awe", steps=3).images[0]), np.asarray(default))
 
 
 def test_bad_requests_are_clear_errors(pipe):

@@ -9,6 +9,7 @@ import torch
 from tests.conftest import REPO, joint_overrides, micro_overrides
 from uniemo.config import JointRunConfig, LossConfig, load_config
 from uniemo.models.diffusion import stable_diffusion_15_architecture, tiny_stable_diffusion
+from uniemo.models.understanding import ExpertQueryCLIP
 from uniemo.models.uniemo import PromptEncoder, UniEmoModel
 from uniemo.pipelines.classifier import EmotionClassifier
 from uniemo.runtime import tune_allocator
@@ -71,13 +72,22 @@ def test_joint_options_reach_the_models(synth_dir, trained_run, tmp_path, monkey
         return real_loss(unet, *args, **kwargs)
 
     monkeypatch.setattr(joint_module, "diffusion_loss", spy)
+    real_layer = ExpertQueryCLIP._run_layer
+
+    def layer_spy(self, layer, hidden):
+        if self.training:  # evaluation afterwards runs without checkpointing
+            seen["vision"] = self.gradient_checkpointing
+        return real_layer(self, layer, hidden)
+
+    monkeypatch.setattr(ExpertQueryCLIP, "_run_layer", layer_spy)
     overrides = joint_overrides(synth_dir, trained_run, tmp_path / "j", 2) + [
         "joint.gradient_checkpointing=true",
         "compile=true",
     ]
     summary = train_joint(load_config(REPO / "configs" / "tiny-joint.yaml", overrides, JointRunConfig), progress=False)
     assert summary.steps == 2
-    assert sorted(compiled) == ["ExpertQueryCLIP", "UNet2DConditionModel"] and seen["unet"] is True
+    assert sorted(compiled) == ["ExpertQueryCLIP", "UNet2DConditionModel"]
+    assert seen["unet"] is True and seen["vision"] is True
 
 
 def test_efficiency_options_may_change_on_resume(synth_dir, trained_run, tmp_path):
