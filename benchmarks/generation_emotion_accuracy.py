@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--per-emotion", type=int, default=25, help="generated images per emotion")
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--scheduler", default="model", help="the stand-in's own DDPM by default (see the demo)")
+    parser.add_argument("--scheduler", default=None, help="a name of SCHEDULERS (default: the pipeline's default)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/bench-generation")
     parser.add_argument("--seed", type=int, default=0)

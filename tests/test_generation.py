@@ -9,7 +9,14 @@ from PIL import Image
 
 from tests.test_cli import assert_one_line_error, uniemo
 from uniemo.errors import CheckpointError, ConfigError
-from uniemo.pipelines.generation import DEFAULT_SCHEDULER, SCHEDULERS, UniEmoPipeline, parse_emotion_weights
+from uniemo.models.factory import STANDIN, standin_path
+from uniemo.pipelines.generation import (
+    DEFAULT_SCHEDULER,
+    SCHEDULERS,
+    UniEmoPipeline,
+    default_scheduler,
+    parse_emotion_weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +67,11 @@ def test_transfer_reference_and_schedulers(pipe, synth_dir):
     assert pipe("awe", steps=2, scheduler="model").settings["scheduler"] == "DDPMScheduler"
     default, dpm = pipe("awe", steps=3).images[0], pipe("awe", steps=3, scheduler="dpm++").images[0]
     assert np.array_equal(np.asarray(default), np.asarray(dpm))
+    # the shipped stand-in samples with its own scheduler by default (it does better than DPM-Solver++ on it)
+    on_standin = UniEmoPipeline(pipe.model, pipe.diffusion, {**pipe.meta, "diffusion": STANDIN})
+    assert on_standin.default_scheduler == "model" == default_scheduler(str(standin_path("sd")))
+    assert on_standin("awe", steps=2).settings["scheduler"] == "DDPMScheduler"
+    assert pipe.default_scheduler == default_scheduler("tiny-sd") == "dpm++"
     # the negative prompt's embedding is kept between calls, and follows the negative prompt
     dark = pipe("awe", steps=3, negative_prompt="dark").images[0]
     assert not np.array_equal(np.asarray(dark), np.asarray(default))

@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         default=None,
-        help="dpm++ (default), unipc, ddim, ddpm, pndm, euler, euler-a, or 'model' (the diffusion model's own; "
-        "the paper's setting is --scheduler model --steps 50)",
+        help="dpm++ (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, pndm, euler, euler-a, or "
+        "'model' (the diffusion model's own; the paper's setting is --scheduler model --steps 50)",
     )
     p.add_argument("--negative-prompt", default="")
     p.add_argument(

@@ -48,9 +48,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 TOTAL_STAGES = 8
 GUIDANCE = 3.0  # the stand-in's captions are short: a low guidance keeps its images clean
-#: The stand-in's own DDPM sampler, not the library's default DPM-Solver++: on the demo's joint model (256 images,
-#: 25 steps) it gave FID on CLIP features 6.91 vs 11.72 and Emo-A 16.8 % vs 12.9 %.
-SAMPLER = "model"
 
 
 class _Stages:
@@ -150,7 +147,6 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
         "per_emotion": settings["per_emotion"],
         "showcase": settings["showcase"],
         "sample_steps": settings["sample_steps"],
-        "sampler": SAMPLER,
     }
     reused = stages.done("generation", gen_settings) and (gen_dir / "metrics.json").is_file()
     stages.banner(5, TOTAL_STAGES, "generate every emotion, a transfer, a fusion; Emo-A, Sem-C, Sem-D, FID", reused)
@@ -162,7 +158,7 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
         if not (stages.done("emo-classifier", synth_settings) and (clf_dir / "model.json").is_file()):
             clf = train_emotion_classifier(data_dir, STANDIN_CLIP, clf_dir, seed=0)
             stages.record("emo-classifier", synth_settings, clf)
-        sampling = {"steps": settings["sample_steps"], "guidance": GUIDANCE, "scheduler": SAMPLER, "seed": 0}
+        sampling = {"steps": settings["sample_steps"], "guidance": GUIDANCE, "seed": 0}
         generation = generate_showcase(
             joint_dir, data_dir, clf_dir, gen_dir, settings["per_emotion"], settings["showcase"], sampling
         )
@@ -181,7 +177,6 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
         "m": settings["feedback_m"],
         "steps": settings["feedback_steps"],
         "sample_steps": settings["sample_steps"],
-        "sampler": SAMPLER,
     }
     reused = stages.done("feedback", fb_settings) and (fb_dir / "report.json").is_file()
     stages.banner(7, TOTAL_STAGES, "explicit feedback (Alg. 1): filter generated images, train on them", reused)
@@ -201,7 +196,6 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
             f"optim.max_steps={settings['feedback_steps']}",
             f"feedback.guidance={GUIDANCE}",
             f"feedback.steps={settings['sample_steps']}",
-            f"feedback.scheduler={SAMPLER}",
         ]
         feedback = run_feedback(load_config(resolve_config_path("tiny-feedback"), overrides, FeedbackRunConfig))
         stages.record("feedback", fb_settings, {})
@@ -254,7 +248,7 @@ def generate_showcase(
     from uniemo.pipelines.generation import UniEmoPipeline
     from uniemo.plotting import image_grid
 
-    sampling = sampling or {"steps": 25, "guidance": GUIDANCE, "scheduler": SAMPLER, "seed": 0}
+    sampling = sampling or {"steps": 25, "guidance": GUIDANCE, "seed": 0}
     pipe = UniEmoPipeline.from_pretrained(joint_dir)
     images = {}
     for emotion in pipe.classes:

@@ -289,8 +289,9 @@ def _save_half(model: Any, directory: Path) -> None:
 def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None) -> dict[str, Any]:
     """Trains and saves the stand-in CLIP (``out/clip``) and Stable Diffusion (``out/sd``); returns the recipe
     and timings (also written to ``out/training.json``)."""
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
+
+    from uniemo.models.diffusion import sd_pipeline
 
     cfg = cfg or BaseConfig()
     if cfg.threads:
@@ -353,16 +354,7 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
             "phases": [*earlier["unet"].get("phases", [earlier["recipe"]]), asdict(cfg)],
         }
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=stand_in_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(vae, text_encoder, unet, stand_in_scheduler())
     info = {
         "recipe": asdict(cfg),
         "data": str(root),
