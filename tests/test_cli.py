@@ -134,16 +134,28 @@ def test_demo_fast_end_to_end(tmp_path):
     demo = tmp_path / "demo"
     generation = json.loads((demo / "generation" / "metrics.json").read_text())
     assert generation["num_images"] == 32 and f"Emo-A {generation['emo-a']['value']:.2%}" in r.stdout
-    for grid in ("emotions.png", "transfer-house.png", "fusion.png"):
+    for grid in ("emotions.png", "transfer-house.png", "fusion.png", "reference.png", "oracle.png"):
         assert (demo / "generation" / grid).is_file()
+    judged = generation["judge"]
+    assert judged["emotions"]["n"] == judged["oracle"]["n"] == judged["transfer"]["n"] == 32
+    assert judged["reference"]["n"] == 32 and [r["n"] for r in judged["fusion"]["rows"]] == [4] * 5
+    assert judged["real"]["n"] == 400
     # the report: self-contained, every section, and the numbers the stages wrote
     page = (demo / "report.html").read_text()
     from uniemo.demo.report import SECTIONS
 
     assert all(f'id="{section}"' in page for section in SECTIONS)
     assert 'src="http' not in page  # self-contained
-    assert page.count("data:image/png;base64,") == 3 + 1 + 1 + 8  # grids, confusion, curves, 8 attention maps
-    assert f"<b>{generation['emo-a']['value']:.2%}</b> (chance 12.50%" in page  # Emo-A against chance, first
+    assert page.count("data:image/png;base64,") == 5 + 1 + 1 + 8  # grids, confusion, curves, 8 attention maps
+    # the first line: the judge's Emo-A against chance, beside the judge's real-image ceiling and the oracle
+    first = page[page.index('id="summary"') :].split("</p>")[0]
+    emotions = judged["emotions"]
+    assert f"<b>{emotions['emo_a']:.1%} [" in first and "chance 12.50%" in first
+    assert (
+        f"real test images {judged['real']['emotion']:.2%}" in first
+        and f"oracle {judged['oracle']['emo_a']:.2%}" in first
+    )
+    assert f"<b>{generation['emo-a']['value']:.2%}</b>" in first
     assert f"<td>{report['accuracy']:.2%}</td>" in page and f"<td>{joint['accuracy_after']:.2%}</td>" in page
     assert f"<td>{generation['sem-c']['value']:.4f}</td>" in page
     feedback = json.loads((demo / "feedback" / "report.json").read_text())

@@ -160,3 +160,45 @@ def test_emotion_space_statistics_and_sampling():
     assert torch.equal(draws, same)
     with pytest.raises(ValueError, match="no training image of emotion index \\[2\\]"):
         emotion_space({"cls": cls}, labels, num_classes=3)
+
+
+def test_emotion_space_bank_holds_real_feature_triples_of_each_emotion():
+    from uniemo.models.fusion import emotion_space, sample_emotion_space
+
+    cls = torch.arange(20.0).view(10, 2)  # image i: (2i, 2i+1)
+    feats = {"cls": cls, "scene": cls + 100, "object": cls + 200}
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 1, 1])
+    space = emotion_space(feats, labels, num_classes=2, bank=8, seed=3)
+    assert space["cls_bank"].shape == (2, 8, 2)
+    for k in range(2):
+        own = {tuple(row) for row in cls[labels == k].tolist()}
+        rows = [tuple(row) for row in space["cls_bank"][k].tolist()]
+        assert set(rows) <= own and len(set(rows)) == min(8, len(own))  # all distinct while the emotion has enough
+    draws = sample_emotion_space(space, torch.tensor([0, 1] * 50), torch.Generator().manual_seed(0))
+    # one image's triple: the scene and object rows are that image's own (cls + 100, cls + 200)
+    torch.testing.assert_close(draws["scene"], draws["cls"] + 100)
+    torch.testing.assert_close(draws["object"], draws["cls"] + 200)
+    for label, row in zip([0, 1] * 50, draws["cls"].tolist()):
+        assert tuple(row) in {tuple(r) for r in cls[labels == label].tolist()}
+    without = emotion_space(feats, labels, num_classes=2)
+    assert "cls_bank" not in without and torch.equal(without["cls_mean"], space["cls_mean"])
+
+
+def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):
+    from uniemo.models.uniemo import UniEmoModel
+    from uniemo.pipelines.classifier import EmotionClassifier
+
+    stage1 = EmotionClassifier.from_pretrained(trained_run).model
+    plain = UniEmoModel(stage1, (8, 12), mapper_hidden=16)
+    normed = UniEmoModel(stage1, (8, 12), mapper_hidden=16, condition_norms=(0.5, 2.0))
+    normed.load_state_dict(plain.state_dict())
+    feats = {name: torch.randn(3, stage1.vision.config.hidden_size) for name in ("cls", "scene", "object")}
+    emotions = torch.tensor([0, 1, 2])
+    raw, c = plain.condition(feats, emotions), normed.condition(feats, emotions)
+    torch.testing.assert_close(c[:, :8].norm(dim=-1), torch.full((3,), 0.5))
+    torch.testing.assert_close(c[:, 8:].norm(dim=-1), torch.full((3,), 2.0))
+    # the direction is the mapped condition's own, per encoder
+    torch.testing.assert_close(F.normalize(c[:, 8:], dim=-1), F.normalize(raw[:, 8:], dim=-1))
+    again = UniEmoModel.from_architecture(normed.architecture())
+    assert again.hparams["condition_norms"] == [0.5, 2.0]
+    assert "condition_norms" not in plain.architecture()  # earlier checkpoints keep their architecture

@@ -26,7 +26,7 @@ def _objective_and_model(trained_run):
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
     model = UniEmoModel(stage1, encoder.condition_dims, mapper_hidden=16)
-    cfg = load_config(None, ["joint.resolution=32"], JointRunConfig)
+    cfg = load_config(None, ["joint.resolution=32", "joint.condition_loss=supcon"], JointRunConfig)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
     objective = JointObjective(encoder, pipe.vae, pipe.unet, noise, cfg.joint, LossConfig())
     side = stage1.image_size

@@ -338,13 +338,22 @@ class UniEmoApp:
                     height=200,
                     elem_id="create-reference",
                 )
+                # the checkpoint's own sampling defaults (measured best for it), as `uniemo generate` uses them
+                defaults = self.pipeline.sampling_defaults
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="create-seed")
-                    steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="create-steps")
+                    steps = gr.Slider(
+                        1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps", elem_id="create-steps"
+                    )
                 with gr.Row():
                     count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="create-count")
                     guidance = gr.Slider(
-                        0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance", elem_id="create-guidance"
+                        0,
+                        MAX_GUIDANCE,
+                        value=defaults["guidance"],
+                        step=0.5,
+                        label="Guidance",
+                        elem_id="create-guidance",
                     )
                 button = gr.Button("Create", variant="primary", elem_id="create-button")
             with gr.Column():

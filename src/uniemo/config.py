@@ -168,10 +168,13 @@ class JointConfig:
         prior_clip: the CLIP (both towers) whose space the classifier prior uses; ``None`` = stage 1's text model.
         prior_epochs: epochs of the prior head's training.
         alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute) or ``none`` (α = 1, the ablation).
-        condition_loss: ``supcon`` (supervised contrastive on c, the method), ``ce`` (an emotion classifier on
-            c, the paper's Table V baseline) or ``none``.
+        condition_loss: ``supcon`` (supervised contrastive on c: the paper's L_cond), ``ce`` (an emotion
+            classifier on c, the paper's Table V baseline) or ``none`` (the default: measured, any L_cond on c pulls
+            it away from what the UNet reads — README "Generation: what was measured").
         condition_temperature: τ of the supervised contrastive loss.
-        understanding_weight / condition_weight / diffusion_weight: L_Joint = 0.3·L_U + 0.3·L_cond + 0.4·L(θ).
+        understanding_weight / condition_weight / diffusion_weight: L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ);
+            default 0.3 / 0.3 (unused without L_cond) / 1.0; the paper's 0.3 / 0.3 / 0.4 with ``supcon`` is the
+            ``tiny-joint-paper`` / ``emoset-sd15-paper`` preset.
         mapper_hidden: hidden width of M_E, M_S, M_O.
         mapper_lr: lr of the mappers (``optim.lr`` is the understanding modules' lr).
         space_max_images: training images used for the emotion space (taken evenly from every emotion); 0 = all.
@@ -185,6 +188,22 @@ class JointConfig:
         extra_train: a JSON list of extra training images ``[{"path": …, "emotion": …}, …]`` (explicit feedback's
             selection, repeats allowed) added to the training split; they have no scene/object labels, so L_S
             and L_O are off for them.
+        diagnostic_images / diagnostic_draws: the conditioning diagnostic's held-out batch (from the val split)
+            and its fixed noise draws per image, run before training, every ``eval_every`` steps and at the end
+            (``uniemo.train.conditioning``); 0 images turns it off.
+        condition_norm: ``token`` (default) rescales c (each text encoder's part) to the mean norm of that encoder's
+            token embeddings, so that it enters the text encoder where its inputs live; ``none`` leaves c as mapped
+            (the paper; measured: ‖c‖ reaches 30× the token norm).
+        content_prompt: the share of training prompts that name the image's annotated scene and object before the
+            placeholder ("a forest with a tent, <emotion>", as emotion transfer writes a prompt), so that c learns to
+            carry what the content words leave out (default 0.5: emotion transfer onto "a house" kept the target's
+            valence in 85 % of the images instead of 60 %); 0: the template alone (the paper).
+        space_bank: M, real (cls, s, o) feature sets of training images kept per emotion; generation then samples
+            one of them instead of the paper's per-emotion diagonal Gaussian (0).
+        sampling_steps / sampling_guidance / sampling_scheduler: the sampling defaults the checkpoint carries
+            (what ``UniEmoPipeline``, ``uniemo generate`` and the web app use when not told otherwise: the settings
+            measured best for this diffusion model); None: 25 steps, guidance 7.5, DPM-Solver++ (the stand-in: its
+            own scheduler).
     """
 
     understanding: str = ""
@@ -196,11 +215,11 @@ class JointConfig:
     prior_clip: str | None = None
     prior_epochs: int = 30
     alpha: Literal["soft", "hard", "none"] = "soft"
-    condition_loss: Literal["supcon", "ce", "none"] = "supcon"
+    condition_loss: Literal["supcon", "ce", "none"] = "none"
     condition_temperature: float = 0.07
     understanding_weight: float = 0.3
     condition_weight: float = 0.3
-    diffusion_weight: float = 0.4
+    diffusion_weight: float = 1.0
     mapper_hidden: int = 1024
     mapper_lr: float = 1e-3
     space_max_images: int = 0
@@ -208,6 +227,14 @@ class JointConfig:
     gradient_checkpointing: bool = False
     feature_cache: str | None = None
     extra_train: str | None = None
+    diagnostic_images: int = 64
+    diagnostic_draws: int = 4
+    condition_norm: Literal["none", "token"] = "token"
+    content_prompt: float = 0.5
+    space_bank: int = 0
+    sampling_steps: int | None = None
+    sampling_guidance: float | None = None
+    sampling_scheduler: str | None = None
 
 
 @dataclass
@@ -255,7 +282,8 @@ class FeedbackConfig:
             training split into ``<output_dir>/emo-classifier``.
         sem_classes: Sem-C's class names: ``dataset`` (the dataset's scene and object names) or
             ``SCENES.txt,OBJECTS.txt``.
-        steps / guidance / scheduler: sampling settings of every generated image.
+        steps / guidance / scheduler: sampling settings of every generated image; None: the checkpoint's own
+            sampling defaults (``UniEmoPipeline.sampling_defaults``).
         metrics_skip: generation metrics left out of the report (e.g. ``[lpips]`` without LPIPS weights).
         fid_network: ``inception`` or ``clip`` (see ``uniemo evaluate generation``).
         pairs: image pairs per emotion for LPIPS and Sem-D.
@@ -271,8 +299,8 @@ class FeedbackConfig:
     clip: str = ""
     emo_classifier: str | None = None
     sem_classes: str = "dataset"
-    steps: int = 25
-    guidance: float = 7.5
+    steps: int | None = None
+    guidance: float | None = None
     scheduler: str | None = None
     metrics_skip: list[str] = field(default_factory=list)
     fid_network: Literal["inception", "clip"] = "inception"

@@ -277,6 +277,16 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_conditioning(args: argparse.Namespace) -> int:
+    from uniemo.train.conditioning import diagnose_checkpoint, format_conditioning
+
+    report = diagnose_checkpoint(
+        args.checkpoint, args.data, args.split, args.images, args.draws, args.seed, device=args.device
+    )
+    print(json.dumps(report) if args.json else format_conditioning(report))
+    return 0
+
+
 def cmd_feedback(args: argparse.Namespace) -> int:
     from uniemo.config import FeedbackRunConfig, load_config
     from uniemo.train.feedback import format_feedback_report, run_feedback
@@ -426,8 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="content to transfer the emotion onto (e.g. 'a bench')")
     p.add_argument("--reference", default=None, metavar="IMAGE", help="evoke this image's feeling instead")
     p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's, else 25)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance (default: the checkpoint's, else 7.5)"
+    )
     p.add_argument(
         "--scheduler",
         default=None,
@@ -495,6 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="also write the report to this JSON file")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_generation)
+    e = kinds.add_parser("conditioning", help="does the UNet use c? L(θ) with own, shuffled, mean c, empty prompt")
+    e.add_argument("--checkpoint", required=True, help="a finished joint run or checkpoint")
+    e.add_argument("--data", required=True, help="the dataset it was trained on")
+    e.add_argument("--split", default="val", help="held-out images to probe with (default val)")
+    e.add_argument("--images", type=int, default=128, help="probe images, taken evenly across emotions")
+    e.add_argument("--draws", type=int, default=6, help="fixed noise/timestep draws per image")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    e.set_defaults(func=cmd_evaluate_conditioning)
 
     p = sub.add_parser("feedback", help="explicit feedback (Alg. 1): generate, filter, retrain, compare")
     p.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny-feedback)")

@@ -32,7 +32,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "feedback_m": 10,
         "feedback_steps": 50,
         "showcase": 4,
-        "sample_steps": 25,
+        "sample_steps": None,  # the checkpoint's own default
+        "judge_steps": 1500,
     },
     "fast": {
         "synth": {"train": 1600, "val": 200, "test": 400},
@@ -44,10 +45,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "feedback_steps": 6,
         "showcase": 2,
         "sample_steps": 12,
+        "judge_steps": 300,
     },
 }
 TOTAL_STAGES = 8
-GUIDANCE = 3.0  # the stand-in's captions are short: a low guidance keeps its images clean
 
 
 class _Stages:
@@ -141,7 +142,7 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
     joint = json.loads((joint_dir / "summary.json").read_text())
 
     # ---- the Emo-A classifier (METHOD §7) and the generated images with their metrics ----------------------------
-    clf_dir = out / "emo-classifier"
+    clf_dir, judge_dir = out / "emo-classifier", out / "judge"
     gen_settings = {
         **joint_settings,
         "per_emotion": settings["per_emotion"],
@@ -153,15 +154,28 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
     if reused:
         generation = json.loads((gen_dir / "metrics.json").read_text())
     else:
+        from uniemo.metrics.judge import train_attribute_judge
         from uniemo.metrics.networks import train_emotion_classifier
 
         if not (stages.done("emo-classifier", synth_settings) and (clf_dir / "model.json").is_file()):
             clf = train_emotion_classifier(data_dir, STANDIN_CLIP, clf_dir, seed=0)
             stages.record("emo-classifier", synth_settings, clf)
-        sampling = {"steps": settings["sample_steps"], "guidance": GUIDANCE, "seed": 0}
+        judge_settings = {**synth_settings, "judge_steps": settings["judge_steps"]}
+        if not (stages.done("judge", judge_settings) and (judge_dir / "model.json").is_file()):
+            train_attribute_judge(data_dir, steps=settings["judge_steps"]).save_pretrained(judge_dir)
+            stages.record("judge", judge_settings, {})
         generation = generate_showcase(
-            joint_dir, data_dir, clf_dir, gen_dir, settings["per_emotion"], settings["showcase"], sampling
+            joint_dir,
+            data_dir,
+            clf_dir,
+            judge_dir,
+            gen_dir,
+            settings["per_emotion"],
+            settings["showcase"],
+            settings["sample_steps"],
         )
+        generation["emo-a"]["real_test"] = stages.state["emo-classifier"]["result"]["test_accuracy"]
+        write_atomic(gen_dir / "metrics.json", json.dumps(generation, indent=1))
         stages.record("generation", gen_settings, {"emo_a": generation["emo-a"]["value"]})
 
     att_dir = out / "attention"
@@ -194,8 +208,7 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
             f"feedback.emo_classifier={clf_dir}",
             f"feedback.images_per_emotion={settings['feedback_m']}",
             f"optim.max_steps={settings['feedback_steps']}",
-            f"feedback.guidance={GUIDANCE}",
-            f"feedback.steps={settings['sample_steps']}",
+            *([f"feedback.steps={settings['sample_steps']}"] if settings["sample_steps"] else []),
         ]
         feedback = run_feedback(load_config(resolve_config_path("tiny-feedback"), overrides, FeedbackRunConfig))
         stages.record("feedback", fb_settings, {})
@@ -214,6 +227,14 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
         f"joint training: understanding test accuracy {joint['accuracy_before']:.2%} before, "
         f"{joint['accuracy_after']:.2%} after ({joint['steps']} steps, {joint['seconds_per_step'] * 1000:.0f} ms/step)"
     )
+    judged = generation.get("judge", {})
+    if judged:
+        e, low_high = judged["emotions"], judged["emotions"]["interval"]
+        print(
+            f"generation (stand-in SD, built-in dataset): Emo-A {e['emo_a']:.2%} [{low_high[0]:.1%}, "
+            f"{low_high[1]:.1%}] by the attribute judge on N={e['n']} images (chance {chance:.1%}; real test images "
+            f"{judged['real']['emotion']:.2%}, oracle {judged['oracle']['emo_a']:.2%}); 2-class {e['valence']:.2%}"
+        )
     print(
         f"generation (stand-in SD, built-in dataset): Emo-A {emo_a['value']:.2%} on N={emo_a['n']} images "
         f"(chance {chance:.1%}), read by a classifier on the stand-in CLIP's image features"
@@ -236,40 +257,70 @@ def generate_showcase(
     joint_dir: Path,
     data_dir: Path,
     clf_dir: Path,
+    judge_dir: Path,
     out: Path,
     per_emotion: int,
     showcase: int = 4,
-    sampling: dict[str, Any] | None = None,
+    steps: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Images of every emotion (kept in ``images/<emotion>/``, measured by the evaluation suite), an emotion transfer
-    onto "a house" and an amusement–sadness fusion at five weights (``showcase`` images a row), as grids; returns
-    the suite's report."""
+    """The generation stage, sampled with the checkpoint's own defaults (what ``uniemo generate`` and the app use):
+    ``per_emotion`` images of every emotion (kept in ``images/<emotion>/``), an emotion transfer onto "a house", an
+    amusement–sadness fusion at five weights (``per_emotion`` images a weight), one image per real test image of
+    every emotion as a reference, and the oracle row (the stand-in told each emotion's own cues in words). The
+    attribute judge reads all of them; the evaluation suite measures the emotions' images (Emo-A by the head on CLIP
+    features, Sem-C, Sem-D, FID). Grids show ``showcase`` images a row; returns the report (``metrics.json``)."""
+    from uniemo.metrics.judge import AttributeJudge, judge_images, judge_real_accuracy, oracle_images
+    from uniemo.metrics.modes import judge_emotions, judge_fusion, judge_reference, judge_transfer, reference_samples
     from uniemo.metrics.suite import GenerationEvaluator, GenerationMetricsConfig
     from uniemo.pipelines.generation import UniEmoPipeline
     from uniemo.plotting import image_grid
 
-    sampling = sampling or {"steps": 25, "guidance": GUIDANCE, "seed": 0}
     pipe = UniEmoPipeline.from_pretrained(joint_dir)
-    images = {}
-    for emotion in pipe.classes:
-        images[emotion] = pipe(emotion, num_images=per_emotion, **sampling).images
+    judge = AttributeJudge.from_pretrained(judge_dir)
+    # guidance and sampler (and steps unless given): the checkpoint's own defaults, as `uniemo generate` uses them
+    sampling = {"seed": seed, "batch_size": 32, "steps": steps}
+    emotions, images = judge_emotions(pipe, judge, per_emotion, **sampling)
+    for emotion, group in images.items():
         folder = out / "images" / emotion
         folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images[emotion]):
+        for i, image in enumerate(group):
             image.save(folder / f"{i:04d}.png")
     image_grid([images[e][:8] for e in pipe.classes], pipe.classes, out / "emotions.png")
-    transfer = [pipe(e, prompt="a house", num_images=showcase, **sampling).images for e in pipe.classes]
-    image_grid(transfer, [f"house · {e}" for e in pipe.classes], out / "transfer-house.png")
-    weights = [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
-    fusion = [pipe({"amusement": a, "sadness": b}, num_images=showcase, **sampling).images for a, b in weights]
-    image_grid(fusion, [f"amuse {a:.2f}/sad {b:.2f}" for a, b in weights], out / "fusion.png")
+    transfer, transfer_images = judge_transfer(pipe, judge, per_emotion, "house", **sampling)
+    rows = [transfer_images[e][:showcase] for e in pipe.classes]
+    image_grid(rows, [f"house · {e}" for e in pipe.classes], out / "transfer-house.png")
+    fusion, fusion_images = judge_fusion(pipe, judge, per_emotion, **sampling)
+    labels = [f"amuse {r['weight']:.2f}/sad {1 - r['weight']:.2f}" for r in fusion["rows"]]
+    image_grid([row[:showcase] for row in fusion_images], labels, out / "fusion.png")
+    references = reference_samples(data_dir, per_emotion, "test")
+    reference, reference_images = judge_reference(pipe, judge, references, **sampling)
+    from uniemo.data.images import load_image
+
+    firsts = [i for i, (_, e) in enumerate(references) if i == 0 or references[i - 1][1] != e]
+    pairs = [[load_image(references[i][0]), reference_images[i]] for i in firsts]
+    image_grid(pairs, [f"ref · {references[i][1]}" for i in firsts], out / "reference.png")
+    defaults = {**pipe.sampling_defaults, **({"steps": steps} if steps else {})}
+    with pipe._scheduler(defaults["scheduler"]):
+        oracle = oracle_images(
+            pipe.diffusion, pipe.classes, per_emotion, defaults["steps"], defaults["guidance"], seed
+        )
+    image_grid([oracle[e][:8] for e in pipe.classes], [f"oracle · {e}" for e in pipe.classes], out / "oracle.png")
     # No AlexNet or Inception weights ship with the demo: LPIPS is left out and FID reads CLIP features (both said).
     cfg = GenerationMetricsConfig(
         emo_classifier=str(clf_dir), clip=STANDIN_CLIP, fid_network="clip", skip=("lpips",), pairs=200
     )
     report = GenerationEvaluator(cfg, data_dir).evaluate(images)
-    report["sampling"] = sampling
+    report["sampling"] = {**defaults, "seed": seed}
     report["skipped"] = {"lpips": "no AlexNet weights on this machine (torchvision's alexnet-owt-7be5be79.pth)"}
+    report["judge"] = {
+        "real": judge_real_accuracy(judge, data_dir, "test"),
+        "emotions": emotions,
+        "oracle": judge_images(judge, oracle, pipe.classes),
+        "transfer": transfer,
+        "fusion": fusion,
+        "reference": reference,
+    }
     write_atomic(out / "metrics.json", json.dumps(report, indent=1))
     return report
 

@@ -18,10 +18,13 @@ from uniemo.plotting import pyplot, save_figure
 #: The page's sections, in order (their HTML ids; the tests check each is there).
 SECTIONS = (
     "summary",
+    "judge",
     "generation-metrics",
     "emotions",
     "transfer",
     "fusion",
+    "reference",
+    "oracle",
     "understanding",
     "curves",
     "attention",
@@ -116,8 +119,7 @@ def write_report(out: Path, mode: str) -> Path:
         "</p>",
         # ---- summary
         '<h2 id="summary">Summary</h2>',
-        f"<p class=big>Emo-A of the generated images: <b>{_pct(emo['value'])}</b> (chance {_pct(chance)}, "
-        f"N = {emo['n']} images) — whether the emotion reached the images.</p>",
+        _headline(generation, chance),
         _table(
             ["what", "value", "N"],
             [
@@ -125,9 +127,11 @@ def write_report(out: Path, mode: str) -> Path:
                 ["understanding: 2-class accuracy", _pct(evaluation["sentiment_accuracy"]), evaluation["num_samples"]],
                 ["before joint training (test)", _pct(joint["accuracy_before"]), ""],
                 [f"after {joint['steps']} joint steps (test)", _pct(joint["accuracy_after"]), ""],
-                ["generation: Emo-A", _pct(emo["value"]), emo["n"]],
+                ["generation: Emo-A (head on CLIP features)", _pct(emo["value"]), emo["n"]],
             ],
         ),
+        '<h2 id="judge">Did the emotion reach the images? Four modes, read by the attribute judge</h2>',
+        _judge_html(generation),
         # ---- generation metrics
         '<h2 id="generation-metrics">Generation metrics</h2>',
         _table(
@@ -156,6 +160,10 @@ def write_report(out: Path, mode: str) -> Path:
         _img(gen_dir / "transfer-house.png", "emotion transfer"),
         '<h2 id="fusion">Emotion fusion: amusement and sadness at five weights</h2>',
         _img(gen_dir / "fusion.png", "emotion fusion"),
+        '<h2 id="reference">From a reference image (left: the reference; right: generated from its feeling)</h2>',
+        _img(gen_dir / "reference.png", "reference images and generated images"),
+        '<h2 id="oracle">Oracle: the stand-in told each emotion\'s own palette, scene and object in words</h2>',
+        _img(gen_dir / "oracle.png", "oracle images"),
         # ---- understanding
         '<h2 id="understanding">Understanding: accuracy and confusion matrix</h2>',
         _table(
@@ -179,6 +187,58 @@ def write_report(out: Path, mode: str) -> Path:
     path = out / "report.html"
     write_atomic(path, "\n".join(parts))
     return path
+
+
+def _ci(result: dict[str, Any], value: str = "emo_a", interval: str = "interval") -> str:
+    low, high = result[interval]
+    return f"{result[value]:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def _headline(generation: dict[str, Any], chance: float) -> str:
+    """The page's first line: Emo-A against chance, beside the judge's real-image ceiling and the oracle."""
+    emo = generation["emo-a"]
+    judge = generation.get("judge")
+    head = f"Emo-A (head on CLIP features): <b>{_pct(emo['value'])}</b>"
+    if emo.get("real_test") is not None:
+        head += f" (that head on real test images: {_pct(emo['real_test'])})"
+    if not judge:
+        return f"<p class=big>{head}, chance {_pct(chance)}, N = {emo['n']} images.</p>"
+    e, real, oracle = judge["emotions"], judge["real"], judge["oracle"]
+    return (
+        f"<p class=big>Emo-A of the generated images by the attribute judge: <b>{_ci(e)}</b> — chance "
+        f"{_pct(chance)}, the judge on real test images {_pct(real['emotion'])}, the oracle {_pct(oracle['emo_a'])}; "
+        f"2-class {_pct(e['valence'])}; N = {e['n']} images (95 % intervals). {head}.</p>"
+    )
+
+
+def _judge_html(generation: dict[str, Any]) -> str:
+    judge = generation.get("judge")
+    if not judge:
+        return "<p class=note>No attribute judge in this run.</p>"
+    e, t, f, r, o, real = (judge[k] for k in ("emotions", "transfer", "fusion", "reference", "oracle", "real"))
+    rows = [
+        ["real test images (the ceiling)", f"{real['emotion']:.1%}", f"{real['valence']:.1%}", real["n"]],
+        ["oracle: captions of each emotion's own cues", _ci(o), _ci(o, "valence", "valence_interval"), o["n"]],
+        ["one emotion (the placeholder alone)", _ci(e), _ci(e, "valence", "valence_interval"), e["n"]],
+        [f'transfer onto "a {t["content"]}"', _ci(t), _ci(t, "valence", "valence_interval"), t["n"]],
+        ["reference image (its true emotion)", _ci(r, "agreement"), f"{r['valence']:.1%}", r["n"]],
+    ]
+    per = [[name, _pct(e["per_emotion"][name]), _pct(o["per_emotion"][name])] for name in e["per_emotion"]]
+    fusion = [
+        [f"{row['weight']:.2f}", _pct(row[f["first"]]), _pct(row[f["second"]]), _pct(row["positive"]), row["n"]]
+        for row in f["rows"]
+    ]
+    monotonic = "falls monotonically" if f["monotonic"] else "does NOT fall monotonically"
+    return (
+        "<p class=note>The attribute judge is a small CNN trained on the real training images that reads the palette, "
+        "the scene and the main object; the built-in dataset's own rule turns them into an emotion. The oracle is the "
+        "best the stand-in can show: the same sampler, told each emotion's cues in words.</p>"
+        + _table(["images", "Emo-A", "2-class", "N"], rows)
+        + _table(["emotion", "Emo-A (placeholder)", "oracle"], per)
+        + f"<p>Transfer: the judge sees a {t['content']} in {_ci(t, 'content_share', 'content_interval')} of the "
+        f"images. Fusion {f['first']} w + {f['second']} (1 − w): the share read as {f['first']} {monotonic}.</p>"
+        + _table(["w", f"read as {f['first']}", f"read as {f['second']}", "read positive", "N"], fusion)
+    )
 
 
 def _metric_rows(report: dict[str, Any]) -> list[list[Any]]:

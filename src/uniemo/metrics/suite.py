@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionDataset, open_dataset
 from uniemo.data.images import is_image_file, load_image
 from uniemo.errors import ConfigError, DataError
@@ -314,6 +315,10 @@ class GenerationEvaluator:
                 "chance": 1 / len(self.classes),
                 "per_emotion": {e: float(hits[span[e]].mean()) for e in order},
             }
+            positive = positive_mask(self.classes)
+            if positive is not None:  # 2-class Emo-A: the predicted emotion has the target's sentiment
+                sign = np.asarray(positive)
+                report["emo-a"]["two_class"] = float((sign[probs.argmax(1)] == sign[targets]).mean())
         if "sem-c" in self.wanted:
             scores = self.sem_c_scores(embeds)
             report["sem-c"] = {

@@ -46,6 +46,10 @@ class UniEmoModel(nn.Module):
         condition_head: give c its own linear emotion classifier (``ce`` condition loss when Σ d_c ≠ D; with
             Σ d_c = D the frozen stage-1 head is used instead and this stays False).
         temperature: τ of π, the attribute distribution (stage 1's τ, so π reads the space L_S / L_O trained).
+        space_bank: M, real (cls, s, o) feature sets kept per emotion, which generation samples from instead of
+            the paper's diagonal Gaussian (0: the Gaussian); buffers ``space_{name}_bank`` (K, M, D).
+        condition_norms: per text encoder, the norm each part of c is rescaled to (the mean norm of that
+            encoder's token embeddings, so that c stays where the encoder's inputs live); None: c as mapped.
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class UniEmoModel(nn.Module):
         alpha: str = "soft",
         condition_head: bool = False,
         temperature: float = 0.07,
+        space_bank: int = 0,
+        condition_norms: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if alpha not in ALPHA_MODES:
@@ -74,6 +80,10 @@ class UniEmoModel(nn.Module):
         for name in SPACE_FEATURES:
             self.register_buffer(f"space_{name}_mean", torch.zeros(k, dim))
             self.register_buffer(f"space_{name}_std", torch.zeros(k, dim))
+            if space_bank:
+                self.register_buffer(f"space_{name}_bank", torch.zeros(k, space_bank, dim))
+        if condition_norms is not None and len(condition_norms) != len(condition_dims):
+            raise ValueError(f"one condition norm per text encoder: {len(condition_dims)}, got {condition_norms}")
         self.hparams = {
             "condition_dims": list(condition_dims),
             "mapper_hidden": mapper_hidden,
@@ -81,6 +91,11 @@ class UniEmoModel(nn.Module):
             "condition_head": condition_head,
             "temperature": temperature,
         }
+        # Written only when set, so that checkpoints keep the architecture they had before these options existed.
+        if space_bank:
+            self.hparams["space_bank"] = space_bank
+        if condition_norms is not None:
+            self.hparams["condition_norms"] = [float(n) for n in condition_norms]
 
     @property
     def uses_queries(self) -> bool:
@@ -127,7 +142,7 @@ class UniEmoModel(nn.Module):
         """c (B, Σ d_c) from features ``cls``, ``scene``, ``object`` (B, D) and the target emotions (B,);
         ``attribute_embeds`` are g_S(s), g_O(o) when already computed (else projected here)."""
         if not self.uses_queries:
-            return self.fusion.map_cls(feats["cls"])
+            return self.normalize_condition(self.fusion.map_cls(feats["cls"]))
         if attribute_embeds is None:
             u = self.understanding
             attribute_embeds = (
@@ -135,7 +150,15 @@ class UniEmoModel(nn.Module):
                 F.normalize(u.object_proj(feats["object"]), dim=-1),
             )
         alpha_s, alpha_o = self.alphas(*attribute_embeds, emotions)
-        return self.fusion(feats["cls"], feats["scene"], feats["object"], alpha_s, alpha_o)
+        return self.normalize_condition(self.fusion(feats["cls"], feats["scene"], feats["object"], alpha_s, alpha_o))
+
+    def normalize_condition(self, condition: torch.Tensor) -> torch.Tensor:
+        """Each text encoder's part of c (B, Σ d_c) rescaled to ``condition_norms`` (unchanged without them)."""
+        norms = self.hparams.get("condition_norms")
+        if norms is None:
+            return condition
+        parts = condition.split(self.hparams["condition_dims"], dim=-1)
+        return torch.cat([F.normalize(p, dim=-1) * n for p, n in zip(parts, norms)], dim=-1)
 
     def condition_logits(self, condition: torch.Tensor) -> torch.Tensor:
         """Emotion logits of c (B, K) for the ``ce`` condition loss: c's own head (when Σ d_c ≠ D), else the
@@ -156,13 +179,16 @@ class UniEmoModel(nn.Module):
     def sample_features(
         self, emotions: torch.Tensor, generator: torch.Generator | None = None, diversity: float = 1.0
     ) -> dict:
-        """(cls, s, o) ~ N(μ_e, (diversity·σ_e)²) per requested emotion (B,) → name → (B, D); diversity 1 is
-        METHOD §5's sampling, 0 always the emotion's mean."""
+        """One (cls, s, o) per requested emotion (B,) → name → (B, D): a real training image's features from the
+        bank (``space_bank``), else ~ N(μ_e, (diversity·σ_e)²) (METHOD §5 at diversity 1); diversity 0 always
+        gives the emotion's mean."""
         names = SPACE_FEATURES if self.uses_queries else ("cls",)
         space = {}
         for name in names:
             space[f"{name}_mean"] = getattr(self, f"space_{name}_mean")
             space[f"{name}_std"] = getattr(self, f"space_{name}_std") * diversity
+            if self.hparams.get("space_bank") and diversity > 0:
+                space[f"{name}_bank"] = getattr(self, f"space_{name}_bank")
         return sample_emotion_space(space, emotions, generator)
 
     def architecture(self) -> dict[str, Any]:

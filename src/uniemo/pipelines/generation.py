@@ -37,6 +37,8 @@ from uniemo.pipelines.classifier import JOINT_KIND
 #: own scheduler (PLMS for SD 1.5) at diffusers' default 50 steps.
 DEFAULT_SCHEDULER = "dpm++"
 DEFAULT_STEPS = 25
+#: Classifier-free guidance when the checkpoint does not carry its own (Stable Diffusion's usual 7.5).
+DEFAULT_GUIDANCE = 7.5
 
 
 def default_scheduler(diffusion: str | None) -> str:
@@ -125,6 +127,15 @@ class UniEmoPipeline:
         self._negative_cache: dict[str, Any] = {}
         #: what ``scheduler=None`` samples with (:func:`default_scheduler` of the stored diffusion model)
         self.default_scheduler = default_scheduler(meta.get("diffusion"))
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """``steps``, ``guidance`` and ``scheduler`` used when a call leaves them out: those the checkpoint carries
+        (``model.json``'s ``sampling``: measured best for it when it was trained, e.g. the stand-in's guidance 3),
+        else 25 steps, guidance 7.5 and :attr:`default_scheduler`."""
+        carried = {k: v for k, v in (self.meta.get("sampling") or {}).items() if v is not None}
+        defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "scheduler": self.default_scheduler}
+        return {**defaults, **carried}
 
     @property
     def device(self) -> torch.device:
@@ -295,8 +306,8 @@ class UniEmoPipeline:
         prompt: str | None = None,
         reference: Image.Image | str | Path | None = None,
         num_images: int = 1,
-        steps: int = DEFAULT_STEPS,
-        guidance: float = 7.5,
+        steps: int | None = None,
+        guidance: float | None = None,
         scheduler: str | None = None,
         seed: int = 0,
         negative_prompt: str = "",
@@ -312,7 +323,8 @@ class UniEmoPipeline:
             prompt: content to transfer the emotion onto (``"a bench"``); None generates the emotion alone.
             reference: an image whose feeling (its own cls, s, o) conditions the images instead of an emotion.
             steps / guidance / scheduler / negative_prompt: sampling settings (scheduler: a name of
-                :data:`SCHEDULERS`; None is :attr:`default_scheduler`, ``"model"`` the diffusion model's own).
+                :data:`SCHEDULERS`, ``"model"`` the diffusion model's own); None takes the checkpoint's
+                :attr:`sampling_defaults`.
             seed: images i use seed + i, for the emotion-space sample and for the initial noise.
             size: image side; default the training resolution.
             diversity: scales the emotion space's standard deviation when sampling (1: METHOD §5; 0: the mean).
@@ -322,9 +334,12 @@ class UniEmoPipeline:
         """
         if (emotion is None) == (reference is None):
             raise ConfigError("give an emotion (or weighted emotions) or a reference image, not both or neither")
+        defaults = self.sampling_defaults
+        steps = defaults["steps"] if steps is None else steps
+        guidance = defaults["guidance"] if guidance is None else guidance
+        scheduler = scheduler or defaults["scheduler"]
         if num_images < 1 or steps < 1 or guidance < 0 or diversity < 0:
             raise ConfigError("num_images and steps must be ≥ 1, guidance and diversity ≥ 0")
-        scheduler = scheduler or self.default_scheduler
         settings: dict[str, Any] = {
             "prompt": prompt,
             "num_images": num_images,

@@ -43,6 +43,7 @@ from uniemo.models.factory import is_architecture_name
 from uniemo.models.fusion import classifier_prior, cooccurrence_prior, emotion_space, train_prior_head
 from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
 from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
+from uniemo.train.conditioning import conditioning_report, make_probe, token_norms
 from uniemo.train.understanding import (
     TrainingError,
     append_jsonl,
@@ -69,6 +70,7 @@ class JointSummary:
         losses: mean of each loss over the last ``log_every`` steps.
         output_dir: the run directory; main_process: whether this process wrote the files.
         skipped_images: unreadable training images skipped (this process's share).
+        conditioning: the last conditioning diagnostic (:func:`~uniemo.train.conditioning.conditioning_report`).
     """
 
     accuracy_before: float
@@ -80,6 +82,7 @@ class JointSummary:
     output_dir: str = ""
     main_process: bool = True
     skipped_images: int = 0
+    conditioning: dict[str, float] = field(default_factory=dict)
 
 
 def spec_for_meta(spec: str) -> str:
@@ -234,10 +237,22 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
     dim = stage1.model.vision.config.hidden_size
     own_head = j.condition_loss == "ce" and sum(encoder.condition_dims) != dim
     temperature = float(stage1.meta.get("extra", {}).get("temperature", 0.07))
-    model = UniEmoModel(stage1.model, encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature)
+    norms = None
+    if j.condition_norm == "token":
+        norms = [float(token_norms(injector).mean()) for injector in encoder.injectors]
+    model = UniEmoModel(
+        stage1.model, encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature, j.space_bank, norms
+    )
     return JointStart(
         model, pipe, encoder, stage1.classes, stage1.scene_vocab, stage1.object_vocab, stage1.meta.get("extra", {})
     )
+
+
+def _sampling_defaults(j: Any, parent: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampling defaults a checkpoint carries: the config's where set, else those of the run it continues."""
+    own = {"steps": j.sampling_steps, "guidance": j.sampling_guidance, "scheduler": j.sampling_scheduler}
+    inherited = dict((parent or {}).get("sampling") or {})
+    return {**inherited, **{k: v for k, v in own.items() if v is not None}}
 
 
 def read_extra_samples(path: str | Path, classes: list[str]) -> list[Sample]:
@@ -285,6 +300,14 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     ):
         if not value:
             raise ConfigError(f"{key} is required (e.g. {key}={example})")
+    from uniemo.pipelines.generation import SCHEDULERS
+
+    if j.sampling_scheduler is not None and j.sampling_scheduler not in SCHEDULERS:
+        raise ConfigError(
+            f"joint.sampling_scheduler must be one of {', '.join(SCHEDULERS)}, got {j.sampling_scheduler!r}"
+        )
+    if not 0 <= j.content_prompt <= 1:
+        raise ConfigError(f"joint.content_prompt is a share of the training prompts (0 to 1), got {j.content_prompt}")
     if j.template.count("{}") != 1:
         raise ConfigError(f"joint.template must hold '{{}}' (where the placeholder goes) once, got {j.template!r}")
     out_dir = Path(cfg.output_dir)
@@ -410,6 +433,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         "template": j.template,
         "prior": counters["prior"],
         "condition_loss": j.condition_loss,
+        "sampling": _sampling_defaults(j, start.joint_meta),
         "stage1": start.joint_meta["stage1"] if start.joint_meta else spec_for_meta(j.understanding),
         "init_from": spec_for_meta(j.init_from) if j.init_from else None,
         "extra_train": len(extra_samples),
@@ -442,13 +466,36 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                 save_training_state(tmp, optimizer, scheduler, counters)
         accelerator.wait_for_everyone()
 
+    objective = JointObjective(
+        encoder, vae, unet, noise_scheduler, j, cfg.loss, weight_dtype, list(scene_vocab), list(object_vocab)
+    )
+    # ---- the conditioning diagnostic (does the UNet use c?) on a fixed held-out batch --------------------------
+    probe = None
+    if is_main and j.diagnostic_images:
+        held_out = dataset.split(cfg.data.val_split) if cfg.data.val_split in dataset.splits else test_samples
+        probe = make_probe(
+            held_out, u.image_size, j.resolution, vae, j.diagnostic_images, j.diagnostic_draws, cfg.seed
+        )
+
+    diagnosis: dict[str, Any] = {}
+
+    def diagnose(step: int) -> None:
+        if probe is None:
+            return
+        report = conditioning_report(accelerator.unwrap_model(model), objective, probe)
+        accelerator.log(report, step=step)
+        append_jsonl(out_dir / "metrics.jsonl", {"step": step, **report})
+        diagnosis.clear()
+        diagnosis.update(step=step, **report)
+
     # ---- loop -------------------------------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=total_steps, initial=counters["step"], desc="joint", disable=not (progress and is_main))
     start_time, start_step = time.perf_counter(), counters["step"]
     running, last_logs = {}, {}
-    objective = JointObjective(encoder, vae, unet, noise_scheduler, j, cfg.loss, weight_dtype)
     synced_batch = counters["batch_in_epoch"]
+    if counters["step"] == 0:
+        diagnose(0)
     try:
         while counters["step"] < total_steps:
             sampler.begin_epoch(
@@ -506,6 +553,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
                     acc = _accuracy(accelerator.unwrap_model(model), test_set, classes, micro_batch)
                     append_jsonl(out_dir / "metrics.jsonl", {"step": step, "test_accuracy": acc})
                     bar.write(f"step {step}: test accuracy {acc:.2%}")
+                    diagnose(step)
                 if step % save_every == 0 and step < total_steps:
                     save_last()
                 if step >= total_steps:
@@ -530,9 +578,13 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     unwrapped = accelerator.unwrap_model(model)
     accuracy_after = float("nan")
     if is_main:
+        if diagnosis.get("step") != counters["step"]:
+            diagnose(counters["step"])
         feats = dataset_features(unwrapped, space_set, micro_batch)
         try:
-            unwrapped.set_emotion_space(emotion_space(feats["features"], feats["labels"], len(classes)))
+            bank = int(unwrapped.hparams.get("space_bank", 0))
+            space = emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed)
+            unwrapped.set_emotion_space(space)
         except ValueError as err:
             save_last()
             raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {last_dir})") from None
@@ -557,6 +609,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         output_dir=str(out_dir),
         main_process=is_main,
         skipped_images=counters["skipped_images"],
+        conditioning=dict(diagnosis),
     )
     if is_main:
         write_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
@@ -601,6 +654,8 @@ class JointObjective:
     joint: Any
     weights: Any
     weight_dtype: torch.dtype = torch.float32
+    scene_vocab: list[str] = field(default_factory=list)
+    object_vocab: list[str] = field(default_factory=list)
 
     def __call__(
         self, model: Any, base: UniEmoModel, batch: dict[str, Any], gen: torch.Generator
@@ -615,26 +670,72 @@ class JointObjective:
         out, condition = model(batch["pixel_values"], labels)
         vocab = {"scene": base.understanding.scene_vocab_embeds, "object": base.understanding.object_vocab_embeds}
         loss_u, parts = understanding_loss(out, batch, vocab, self.weights, model_temperature(base))
-        loss_cond = _condition_loss(base, condition, labels, j)
-        device = condition.device
+        loss_cond = self.condition_term(base, condition, labels)
         with torch.no_grad():
-            pixels = batch["diffusion_pixels"].to(device, dtype=self.weight_dtype)
+            pixels = batch["diffusion_pixels"].to(condition.device, dtype=self.weight_dtype)
             latents = self.vae.encode(pixels).latent_dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
-        prompt = j.template.format(j.placeholder)
-        text = self.encoder.encode([prompt] * len(labels), condition.to(self.weight_dtype))
-        added = None
-        if self.encoder.is_xl:
-            added = {
-                "text_embeds": text["pooled_prompt_embeds"],
-                "time_ids": sdxl_time_ids(len(labels), j.resolution, device, self.weight_dtype),
-            }
-        loss_theta = diffusion_loss(self.unet, self.noise_scheduler, latents, text["prompt_embeds"], gen, added)
+        contents = self.contents(batch, gen) if j.content_prompt > 0 else None
+        loss_theta = self.diffusion_term(latents, self.context(condition, len(labels), contents), gen)
         loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
         if loss_cond is not None:
             loss = loss + j.condition_weight * loss_cond
             parts["loss/cond"] = loss_cond.detach()
         parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
         return loss, parts
+
+    def contents(self, batch: dict[str, Any], gen: torch.Generator) -> list[str | None]:
+        """Per image, with probability ``joint.content_prompt``, the words naming its annotated scene and object
+        ("a forest with a tent"; None otherwise, or when it has neither), drawn from ``gen``."""
+        draws = torch.rand(len(batch["label"]), generator=gen).tolist()
+        out: list[str | None] = []
+        for draw, s, o in zip(draws, batch["scene_id"].tolist(), batch["object_id"].tolist()):
+            scene = self.scene_vocab[s] if 0 <= s < len(self.scene_vocab) else None
+            obj = self.object_vocab[o] if 0 <= o < len(self.object_vocab) else None
+            out.append(content_words(scene, obj) if draw < self.joint.content_prompt else None)
+        return out
+
+    def context(
+        self, condition: torch.Tensor | None, n: int, contents: list[str | None] | None = None
+    ) -> dict[str, Any]:
+        """The UNet's conditioning for ``n`` images: the training prompt with c (N, Σ d_c) in the placeholder's
+        place — ``"<content>, <placeholder>"`` where ``contents`` names content (as the pipeline's emotion transfer
+        writes it), else the template — or, with ``condition=None``, the empty prompt (the diagnostic's control)."""
+        j = self.joint
+        if condition is None:
+            text = self.encoder.encode([""] * n)
+        else:
+            plain = j.template.format(j.placeholder)
+            prompts = [f"{c}, {j.placeholder}" if c else plain for c in (contents or [None] * n)]
+            text = self.encoder.encode(prompts, condition.to(self.weight_dtype))
+        context: dict[str, Any] = {"prompt_embeds": text["prompt_embeds"], "added": None}
+        if self.encoder.is_xl:
+            device = text["prompt_embeds"].device
+            context["added"] = {
+                "text_embeds": text["pooled_prompt_embeds"],
+                "time_ids": sdxl_time_ids(n, j.resolution, device, self.weight_dtype),
+            }
+        return context
+
+    def diffusion_term(self, latents: torch.Tensor, context: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+        """L(θ) of ``latents`` (N, C, h, h) under ``context`` (:meth:`context`), noise and timesteps from ``gen``."""
+        return diffusion_loss(
+            self.unet, self.noise_scheduler, latents, context["prompt_embeds"], gen, context["added"]
+        )
+
+    def condition_term(self, model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """L_cond of c (B, Σ d_c) with emotion labels (B,), or None when ``joint.condition_loss`` is ``none``."""
+        return _condition_loss(model, condition, labels, self.joint)
+
+
+def content_words(scene: str | None, obj: str | None) -> str | None:
+    """Content as a caption names it, without palette or emotion: "a forest with a tent", "a beach", "a boat"."""
+    if not scene and not obj:
+        return None
+    head = scene or obj
+    text = f"{'an' if head[0] in 'aeiou' else 'a'} {head}"
+    if scene and obj:
+        text += f" with {'an' if obj[0] in 'aeiou' else 'a'} {obj}"
+    return text
 
 
 def _condition_loss(model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor, j: Any) -> torch.Tensor | None:

@@ -55,6 +55,11 @@ _RESUMABLE_CHANGES = {
     "model.gradient_checkpointing",
     "joint.gradient_checkpointing",
     "joint.feature_cache",
+    "joint.diagnostic_images",
+    "joint.diagnostic_draws",
+    "joint.sampling_steps",
+    "joint.sampling_guidance",
+    "joint.sampling_scheduler",
 }
 
 
