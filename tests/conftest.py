@@ -61,6 +61,8 @@ def joint_overrides(data: Path, stage1: Path, out: Path, steps: int = 4, diffusi
         f"optim.max_steps={steps}",
         "save_every=2",
         "log_every=2",
+        "joint.diagnostic_images=16",  # the conditioning diagnostic on a small probe (tests/test_conditioning.py)
+        "joint.diagnostic_draws=1",
     ]
 
 

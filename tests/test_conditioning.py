@@ -106,7 +106,8 @@ def test_diagnostic_separates_a_condition_the_unet_reads_from_one_it_ignores(sta
     objective = JointObjective(pipe.encoder, pipe.diffusion.vae, pipe.diffusion.unet, noise, cfg.joint, cfg.loss)
     from uniemo.data.datasets import open_dataset
 
-    probe = make_probe(open_dataset(synth_dir).split("val"), 32, 32, pipe.diffusion.vae, 24, 2)
+    size = pipe.model.understanding.image_size
+    probe = make_probe(open_dataset(synth_dir).split("val"), size, 32, pipe.diffusion.vae, 24, 2)
     assert len(probe.labels) == 24 and bool((probe.labels != probe.labels[probe.permutation]).all())
     seeing = conditioning_report(pipe.model, objective, probe)
     assert seeing["diag/gap_shuffled"] > 0.002
@@ -121,7 +122,7 @@ def test_diagnostic_separates_a_condition_the_unet_reads_from_one_it_ignores(sta
             handle.remove()
     losses = [ignoring[f"diag/loss_{v}"] for v in VARIANTS]
     assert max(losses) - min(losses) < 1e-6
-    assert ignoring["grad/c_diffusion"] < 1e-9 < seeing["grad/c_diffusion"]
+    assert ignoring["grad/c_diffusion"] == 0.0 < seeing["grad/c_diffusion"]
 
 
 def test_the_emotion_space_holds_each_emotions_own_images(standin_joint, synth_dir):

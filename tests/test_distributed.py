@@ -62,8 +62,10 @@ def test_joint_training_in_two_processes_matches_one(synth_dir, trained_run, tmp
         # only the main process writes: TensorBoard files of one process id, each logged step once
         events = list((out / "logs").rglob("events.out.tfevents.*"))  # name: …tfevents.<time>.<host>.<pid>.<n>
         assert events and len({e.name.split(".")[-2] for e in events}) == 1, events
-        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows if "loss/total" in r]
         assert len(steps) == len(set(steps)) == 3  # log_every=2, 6 steps
+        assert [r["step"] for r in rows if "diag/loss_own" in r] == [0, 6]  # the diagnostic: before and after
     worst = max((runs["two"][k] - runs["one"][k]).abs().max().item() for k in runs["one"])
     assert worst < 5e-4, f"2-process weights differ from 1-process weights by {worst}"
 

@@ -163,13 +163,14 @@ def _gradient_norms(
         out = {}
         cond_loss = objective.condition_term(model, condition, labels)
         if cond_loss is not None:
-            (grad,) = torch.autograd.grad(j.condition_weight * cond_loss, condition)
-            out["grad/c_cond"] = float(grad.norm())
+            (grad,) = torch.autograd.grad(j.condition_weight * cond_loss, condition, allow_unused=True)
+            out["grad/c_cond"] = 0.0 if grad is None else float(grad.norm())
         latents = probe.latents[: len(labels)]
         gen = torch.Generator().manual_seed(probe.seed * 7919)
         theta = objective.diffusion_term(latents, objective.context(condition, len(labels)), gen)
-        (grad,) = torch.autograd.grad(j.diffusion_weight * theta, condition)
-        out["grad/c_diffusion"] = float(grad.norm())
+        # a UNet that ignores its context leaves c out of the graph: its gradient is zero, not an error
+        (grad,) = torch.autograd.grad(j.diffusion_weight * theta, condition, allow_unused=True)
+        out["grad/c_diffusion"] = 0.0 if grad is None else float(grad.norm())
     return out
 
 

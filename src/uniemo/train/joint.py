@@ -494,9 +494,9 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     start_time, start_step = time.perf_counter(), counters["step"]
     running, last_logs = {}, {}
     synced_batch = counters["batch_in_epoch"]
-    if counters["step"] == 0:
-        diagnose(0)
     try:
+        if counters["step"] == 0:
+            diagnose(0)
         while counters["step"] < total_steps:
             sampler.begin_epoch(
                 counters["epoch"], skip=counters["batch_in_epoch"] * micro_batch * accelerator.num_processes
