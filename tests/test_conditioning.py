@@ -202,3 +202,40 @@ def test_content_prompts_name_the_images_scene_and_object(synth_dir, standin_sta
     torch.testing.assert_close(got, want)
     cfg.joint.content_prompt = 0.0
     assert objective.contents(batch, torch.Generator().manual_seed(0)) == [None, None]
+
+
+def test_a_list_of_references_gives_each_its_own_images(standin_joint, synth_dir):
+    from uniemo.data.datasets import open_dataset
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    run, _ = standin_joint
+    pipe = UniEmoPipeline.from_pretrained(run)
+    samples = open_dataset(synth_dir).split("test")
+    a, b = samples[0].path, next(s.path for s in samples if s.label != samples[0].label)
+    both = pipe(reference=[a, b], num_images=1, steps=3, seed=4, batch_size=1)  # two batches
+    alone_a = pipe(reference=a, num_images=1, steps=3, seed=4)
+    alone_b = pipe(reference=b, num_images=1, steps=3, seed=5)  # image i uses seed + i
+    pixels = [np.asarray(im, dtype=np.int16) for im in both.images]
+    assert len(pixels) == 2 and both.settings["reference"] == [str(a), str(b)]
+    assert np.array_equal(pixels[0], np.asarray(alone_a.images[0], dtype=np.int16))
+    assert np.array_equal(pixels[1], np.asarray(alone_b.images[0], dtype=np.int16))
+
+
+def test_evaluate_conditioning_command(standin_joint, synth_dir, trained_run):
+    from tests.test_cli import assert_one_line_error, uniemo
+
+    run, summary = standin_joint
+    args = ["evaluate", "conditioning", "--checkpoint", run, "--data", synth_dir, "--images", 32, "--draws", 2]
+    r = uniemo(*args, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    # the same probe (the val split's first 32 images across emotions, 2 draws, seed 0) as the run's own last diagnosis
+    assert report["num_images"] == 32
+    for key in ("diag/loss_own", "diag/loss_shuffled", "diag/loss_mean", "diag/loss_empty"):
+        assert report[key] == pytest.approx(summary.conditioning[key], rel=1e-4), key
+    text = uniemo(*args)
+    assert text.returncode == 0 and "(the UNet uses c)" in text.stdout and "‖c‖ 0.112" in text.stdout
+    assert_one_line_error(
+        uniemo("evaluate", "conditioning", "--checkpoint", trained_run, "--data", synth_dir),
+        "'understanding' checkpoint",
+    )

@@ -80,13 +80,10 @@ def judge_fusion(
 def judge_reference(
     pipe: Any, judge: AttributeJudge, references: Sequence[tuple[Path, str]], **sampling: Any
 ) -> tuple[dict[str, Any], list[Image.Image]]:
-    """One image per (reference image, its true emotion), seeds 0, 1, …: the share the judge reads as the
+    """One image per (reference image, its true emotion), image i seeded seed + i: the share the judge reads as the
     reference's true emotion, and as its valence."""
-    seed = int(sampling.pop("seed", 0))
-    images, truth = [], []
-    for i, (path, emotion) in enumerate(references):
-        images += pipe(reference=path, num_images=1, seed=seed + i, **sampling).images
-        truth.append(emotion)
+    images = pipe(reference=[path for path, _ in references], num_images=1, **sampling).images
+    truth = [emotion for _, emotion in references]
     read = judge.emotions(images)
     hits = sum(r == t for r, t in zip(read, truth))
     same_valence = sum(valence(r, pipe.classes) == valence(t, pipe.classes) for r, t in zip(read, truth))

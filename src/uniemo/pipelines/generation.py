@@ -304,7 +304,7 @@ class UniEmoPipeline:
         self,
         emotion: str | Sequence[str] | Mapping[str, float] | None = None,
         prompt: str | None = None,
-        reference: Image.Image | str | Path | None = None,
+        reference: Image.Image | str | Path | Sequence[Image.Image | str | Path] | None = None,
         num_images: int = 1,
         steps: int | None = None,
         guidance: float | None = None,
@@ -321,7 +321,8 @@ class UniEmoPipeline:
             emotion: one emotion, several with weights (``["amusement=0.5", "awe=0.5"]`` or a dict), or None
                 with ``reference``.
             prompt: content to transfer the emotion onto (``"a bench"``); None generates the emotion alone.
-            reference: an image whose feeling (its own cls, s, o) conditions the images instead of an emotion.
+            reference: an image whose feeling (its own cls, s, o) conditions the images instead of an emotion; a
+                list of images gives ``num_images`` images of each, in order (image i still uses seed + i).
             steps / guidance / scheduler / negative_prompt: sampling settings (scheduler: a name of
                 :data:`SCHEDULERS`, ``"model"`` the diffusion model's own); None takes the checkpoint's
                 :attr:`sampling_defaults`.
@@ -349,7 +350,15 @@ class UniEmoPipeline:
             "seed": seed,
             "negative_prompt": negative_prompt,
         }
-        if reference is not None:
+        if isinstance(reference, (list, tuple)):  # several references: num_images images of each, in order
+            if not reference:
+                raise ConfigError("give at least one reference image")
+            pairs = [self.reference_condition(r) for r in reference]
+            conditions = torch.cat([c for c, _ in pairs]).repeat_interleave(num_images, dim=0)
+            names = [str(r) if isinstance(r, (str, Path)) else "<image>" for r in reference]
+            num_images = len(conditions)
+            settings.update(reference=names, read=[read for _, read in pairs], num_images=num_images)
+        elif reference is not None:
             condition, read = self.reference_condition(reference)
             conditions = condition.expand(num_images, -1)
             settings.update(reference=str(reference) if isinstance(reference, (str, Path)) else "<image>", read=read)
