@@ -169,7 +169,9 @@ def _gradient_norms(
         gen = torch.Generator().manual_seed(probe.seed * 7919)
         theta = objective.diffusion_term(latents, objective.context(condition, len(labels)), gen)
         # a UNet that ignores its context leaves c out of the graph: its gradient is zero, not an error
-        (grad,) = torch.autograd.grad(j.diffusion_weight * theta, condition, allow_unused=True)
+        grad = None
+        if theta.requires_grad:
+            (grad,) = torch.autograd.grad(j.diffusion_weight * theta, condition, allow_unused=True)
         out["grad/c_diffusion"] = 0.0 if grad is None else float(grad.norm())
     return out
 
