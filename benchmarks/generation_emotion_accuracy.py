@@ -47,8 +47,8 @@ VARIANTS: dict[str, list[str]] = {
 
 def train_textual_inversion(cfg: Any, steps: int, lr: float = 5e-3, init_word: str = "scene") -> Any:
     """One token embedding per emotion (K, d_c), initialised at ``init_word``'s, trained with L(θ) alone on the
-    images of its emotion (the same loader, batch, noise draws and training prompt as a joint run); returns a
-    :class:`TextualInversionPipeline`."""
+    images of its emotion (the same loader, batch, noise draws and training prompt as a joint run); returns the
+    tokens and the diffusion pipeline (:func:`textual_inversion_pipeline` samples them)."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -79,9 +79,7 @@ def train_textual_inversion(cfg: Any, steps: int, lr: float = 5e-3, init_word: s
         sampler.begin_epoch(epoch)
         for batch in loader:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            with torch.no_grad():
-                pixels = batch["diffusion_pixels"]
-                latents = pipe.vae.encode(pixels).latent_dist.sample(generator=gen) * pipe.vae.config.scaling_factor
+            latents = objective.latents(batch["diffusion_pixels"], gen)
             labels = batch["label"]
             loss = objective.diffusion_term(latents, objective.context(tokens[labels], len(labels)), gen)
             optimizer.zero_grad(set_to_none=True)

@@ -108,15 +108,19 @@ def test_suite_numbers_equal_hand_computations(generated, synth_dir, emo_classif
     # by hand: CLIP embeddings with correct preprocessing, the classifier, the pairs, the formulas
     clip = ClipNetwork("uniemo-standin")
     clf = EmotionFeatureClassifier.from_pretrained(emo_classifier)
-    hits, sem_d = [], []
+    hits, same_sign, sem_d = [], [], []
+    positive = {"amusement", "awe", "contentment", "excitement"}  # EmoSet's positive half, written out by hand
     for emotion in clf.classes:
         images = [Image.open(p).convert("RGB") for p in sorted((generated / emotion).glob("*.png"))]
         pixels = torch.stack([ClipPreprocess(clip.image_size)(im) for im in images])
         embeds = clip.embed_pixels(pixels)
-        hits += (clf.probabilities(embeds).argmax(1) == clf.classes.index(emotion)).tolist()
+        predicted = clf.probabilities(embeds).argmax(1)
+        hits += (predicted == clf.classes.index(emotion)).tolist()
+        same_sign += [(clf.classes[k] in positive) == (emotion in positive) for k in predicted.tolist()]
         pairs = gm.sample_pairs(3, 2, 0)
         sem_d.append(np.mean([np.mean((embeds[i] - embeds[j]).numpy() ** 2) for i, j in pairs]))
     assert report["emo-a"]["value"] == pytest.approx(np.mean(hits))
+    assert report["emo-a"]["two_class"] == pytest.approx(np.mean(same_sign))
     assert report["sem-d"]["value"] == pytest.approx(np.mean(sem_d), rel=1e-5)
     assert report["sem-d"]["n_pairs"] == 16
     assert report["fid"]["n_reference"] == 96 and report["fid"]["reference"] == "split 'test'"

@@ -418,6 +418,17 @@ class EmotionImageDataset(torch.utils.data.Dataset):
         return item
 
 
+def per_class(samples: list[Sample], count: int) -> list[Sample]:
+    """At most ``count`` samples of each class, the first ones in the split's order (the split order is kept)."""
+    taken: dict[int, int] = {}
+    out = []
+    for sample in samples:
+        if taken.get(sample.label, 0) < count:
+            taken[sample.label] = taken.get(sample.label, 0) + 1
+            out.append(sample)
+    return out
+
+
 def to_signed_tensor(image: Any) -> torch.Tensor:
     """A PIL RGB image → (3, H, W) float tensor in [-1, 1] (what a Stable Diffusion VAE encodes)."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)

@@ -289,7 +289,7 @@ def generate_showcase(
         for i, image in enumerate(group):
             image.save(folder / f"{i:04d}.png")
     image_grid([images[e][:8] for e in pipe.classes], pipe.classes, out / "emotions.png")
-    transfer, transfer_images = judge_transfer(pipe, judge, per_emotion, "house", **sampling)
+    transfer, transfer_images = judge_transfer(pipe, judge, per_emotion, "house", without=images, **sampling)
     rows = [transfer_images[e][:showcase] for e in pipe.classes]
     image_grid(rows, [f"house · {e}" for e in pipe.classes], out / "transfer-house.png")
     fusion, fusion_images = judge_fusion(pipe, judge, per_emotion, **sampling)

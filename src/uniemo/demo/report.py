@@ -222,6 +222,12 @@ def _judge_html(generation: dict[str, Any]) -> str:
         ["one emotion (the placeholder alone)", _ci(e), _ci(e, "valence", "valence_interval"), e["n"]],
         [f'transfer onto "a {t["content"]}"', _ci(t), _ci(t, "valence", "valence_interval"), t["n"]],
         ["reference image (its true emotion)", _ci(r, "agreement"), f"{r['valence']:.1%}", r["n"]],
+        [
+            "control: the same images paired with the references at random",
+            _pct(r.get("shuffled")),
+            _pct(r.get("valence_shuffled")),
+            r["n"],
+        ],
     ]
     per = [[name, _pct(e["per_emotion"][name]), _pct(o["per_emotion"][name])] for name in e["per_emotion"]]
     fusion = [
@@ -236,7 +242,8 @@ def _judge_html(generation: dict[str, Any]) -> str:
         + _table(["images", "Emo-A", "2-class", "N"], rows)
         + _table(["emotion", "Emo-A (placeholder)", "oracle"], per)
         + f"<p>Transfer: the judge sees a {t['content']} in {_ci(t, 'content_share', 'content_interval')} of the "
-        f"images. Fusion {f['first']} w + {f['second']} (1 − w): the share read as {f['first']} {monotonic}.</p>"
+        f"images ({_pct(t.get('content_share_without'))} of the images generated without the prompt). "
+        f"Fusion {f['first']} w + {f['second']} (1 − w): the share read as {f['first']} {monotonic}.</p>"
         + _table(["w", f"read as {f['first']}", f"read as {f['second']}", "read positive", "N"], fusion)
     )
 

@@ -30,9 +30,10 @@ from PIL import Image
 from torch import nn
 
 from uniemo.checkpoint import atomic_directory
+from uniemo.constants import POSITIVE_EMOTIONS
 from uniemo.data.datasets import open_dataset, to_signed_tensor
 from uniemo.data.images import load_image
-from uniemo.data.synth import OBJECTS, PALETTE_VALENCE, PALETTES, SCENES, emotion_of
+from uniemo.data.synth import OBJECTS, PALETTES, SCENES, emotion_of
 from uniemo.errors import CheckpointError, DataError
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"palette": PALETTES, "scene": SCENES, "object": OBJECTS}
@@ -80,8 +81,7 @@ class AttributeJudge(nn.Module):
 
     def emotions(self, images: Sequence[Image.Image]) -> list[str]:
         """The emotion each image shows by the built-in dataset's rule applied to what the judge reads."""
-        seen = self.read(images)
-        return [emotion_of(s, o, p) for p, s, o in zip(seen["palette"], seen["scene"], seen["object"])]
+        return rule_emotions(self.read(images))
 
     def save_pretrained(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
@@ -105,6 +105,11 @@ class AttributeJudge(nn.Module):
         judge = cls(int(meta["size"]))
         judge.load_state_dict(load_file(str(path / "model.safetensors")))
         return judge.eval()
+
+
+def rule_emotions(seen: Mapping[str, Sequence[str]]) -> list[str]:
+    """The built-in dataset's rule (:func:`~uniemo.data.synth.emotion_of`) on read palettes, scenes and objects."""
+    return [emotion_of(s, o, p) for p, s, o in zip(seen["palette"], seen["scene"], seen["object"])]
 
 
 def _attribute_split(root: Path, split: str) -> tuple[list[Path], dict[str, list[int]], list[int]]:
@@ -165,9 +170,9 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def valence(emotion: str, classes: Sequence[str]) -> int:
-    """0 positive (the first half of the 8 emotions), 1 negative."""
-    return int(list(classes).index(emotion) >= len(classes) // 2)
+def valence(emotion: str) -> int:
+    """0 for a positive emotion (the project's sentiment map, :data:`~uniemo.constants.POSITIVE_EMOTIONS`), 1 else."""
+    return int(emotion not in POSITIVE_EMOTIONS)
 
 
 def judge_images(
@@ -185,7 +190,7 @@ def judge_images(
         per_emotion[target] = ok / len(read)
         read_as[target] = {e: read.count(e) / len(read) for e in classes}
         hits, n = hits + ok, n + len(read)
-        valence_hits += sum(valence(r, classes) == valence(target, classes) for r in read)
+        valence_hits += sum(valence(r) == valence(target) for r in read)
     return {
         "emo_a": hits / max(1, n),
         "interval": wilson_interval(hits, n),
@@ -206,23 +211,18 @@ def judge_real_accuracy(judge: AttributeJudge, root: str | Path, split: str = "t
     images = [load_image(p) for p in paths]
     classes = open_dataset(root).classes
     seen = judge.read(images)
-    read = [emotion_of(s, o, p) for p, s, o in zip(seen["palette"], seen["scene"], seen["object"])]
+    read = rule_emotions(seen)
     truth = [classes[e] for e in emotions]
     hits = sum(r == t for r, t in zip(read, truth))
     result: dict[str, Any] = {
         "emotion": hits / len(truth),
         "interval": wilson_interval(hits, len(truth)),
-        "valence": float(np.mean([valence(r, classes) == valence(t, classes) for r, t in zip(read, truth)])),
+        "valence": float(np.mean([valence(r) == valence(t) for r, t in zip(read, truth)])),
         "n": len(truth),
     }
     for name, values in ATTRIBUTES.items():
         result[name] = float(np.mean([values.index(s) == y for s, y in zip(seen[name], labels[name])]))
     return result
-
-
-def palette_valence(palette: str) -> int:
-    """The valence a palette gives in the built-in dataset (0 positive, 1 negative)."""
-    return PALETTE_VALENCE[palette]
 
 
 def emotion_triples(emotion: str) -> list[tuple[str, str, str]]:

@@ -30,15 +30,30 @@ def judge_emotions(
 
 
 def judge_transfer(
-    pipe: Any, judge: AttributeJudge, per_emotion: int, content: str = "house", **sampling: Any
+    pipe: Any,
+    judge: AttributeJudge,
+    per_emotion: int,
+    content: str = "house",
+    without: dict[str, list[Image.Image]] | None = None,
+    **sampling: Any,
 ) -> tuple[dict[str, Any], dict[str, list[Image.Image]]]:
     """Emotion transfer onto "a ``content``": the judge's Emo-A and valence, and ``content_share``, how often the
-    judge sees the content as the main object (with its interval)."""
+    judge sees the content as the main object (with its interval). ``without``: images of the same emotions
+    generated without the prompt, the control — how often the content appears anyway (``content_share_without``)."""
     result, images = judge_emotions(pipe, judge, per_emotion, prompt=f"a {content}", **sampling)
+    result.update(content=content, **_content_share(judge, images, content))
+    if without is not None:
+        control = _content_share(judge, without, content)
+        result.update(
+            content_share_without=control["content_share"], content_interval_without=control["content_interval"]
+        )
+    return result, images
+
+
+def _content_share(judge: AttributeJudge, images: dict[str, list[Image.Image]], content: str) -> dict[str, Any]:
     seen = judge.read([im for group in images.values() for im in group])["object"]
     hits = sum(o == content for o in seen)
-    result.update(content=content, content_share=hits / len(seen), content_interval=wilson_interval(hits, len(seen)))
-    return result, images
+    return {"content_share": hits / len(seen), "content_interval": wilson_interval(hits, len(seen))}
 
 
 def judge_fusion(
@@ -60,7 +75,7 @@ def judge_fusion(
         read = judge.emotions(generated)
         n = len(read)
         firsts, seconds = read.count(first), read.count(second)
-        positive = sum(valence(r, pipe.classes) == 0 for r in read)
+        positive = sum(valence(r) == 0 for r in read)
         rows.append(
             {
                 "weight": w,
@@ -81,32 +96,36 @@ def judge_reference(
     pipe: Any, judge: AttributeJudge, references: Sequence[tuple[Path, str]], **sampling: Any
 ) -> tuple[dict[str, Any], list[Image.Image]]:
     """One image per (reference image, its true emotion), image i seeded seed + i: the share the judge reads as the
-    reference's true emotion, and as its valence."""
+    reference's true emotion, and as its valence. The controls ``shuffled`` / ``valence_shuffled``: the same shares
+    expected when the references are paired with the images at random (Σ_e share read as e · share of references
+    of e), so a generator that draws one emotion whatever the reference is scored at its real worth, not against
+    1/K."""
     images = pipe(reference=[path for path, _ in references], num_images=1, **sampling).images
     truth = [emotion for _, emotion in references]
     read = judge.emotions(images)
     hits = sum(r == t for r, t in zip(read, truth))
-    same_valence = sum(valence(r, pipe.classes) == valence(t, pipe.classes) for r, t in zip(read, truth))
+    same_valence = sum(valence(r) == valence(t) for r, t in zip(read, truth))
     n = len(truth)
+
+    def shuffled(of: Any) -> float:
+        mapped_read, mapped_truth = [of(r) for r in read], [of(t) for t in truth]
+        return sum(mapped_read.count(v) * mapped_truth.count(v) for v in set(mapped_truth)) / (n * n)
+
     result = {
         "agreement": hits / n,
         "interval": wilson_interval(hits, n),
         "valence": same_valence / n,
         "n": n,
         "chance": 1 / len(pipe.classes),
+        "shuffled": shuffled(lambda e: e),
+        "valence_shuffled": shuffled(valence),
     }
     return result, images
 
 
 def reference_samples(root: str | Path, per_emotion: int, split: str = "test") -> list[tuple[Path, str]]:
     """The first ``per_emotion`` images of every emotion in a split, with their true emotion."""
-    from uniemo.data.datasets import open_dataset
+    from uniemo.data.datasets import open_dataset, per_class
 
     dataset = open_dataset(root)
-    taken: dict[int, int] = {}
-    out = []
-    for sample in dataset.split(split):
-        if taken.get(sample.label, 0) < per_emotion:
-            taken[sample.label] = taken.get(sample.label, 0) + 1
-            out.append((sample.path, dataset.classes[sample.label]))
-    return out
+    return [(s.path, dataset.classes[s.label]) for s in per_class(dataset.split(split), per_emotion)]

@@ -33,7 +33,7 @@ from uniemo.checkpoint import (
     write_atomic,
 )
 from uniemo.config import JointRunConfig, config_to_dict
-from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset
+from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset, per_class
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError
 from uniemo.losses import supervised_contrastive
@@ -620,14 +620,7 @@ def _stratified(samples: list, limit: int, num_classes: int) -> list:
     """All samples, or at most ``limit`` taken evenly from every class (the emotion space needs each emotion)."""
     if not limit or limit >= len(samples):
         return samples
-    per_class = max(2, limit // num_classes)
-    taken: dict[int, int] = {}
-    out = []
-    for sample in samples:
-        if taken.get(sample.label, 0) < per_class:
-            taken[sample.label] = taken.get(sample.label, 0) + 1
-            out.append(sample)
-    return out
+    return per_class(samples, max(2, limit // num_classes))
 
 
 def model_temperature(model: UniEmoModel) -> float:
@@ -671,9 +664,7 @@ class JointObjective:
         vocab = {"scene": base.understanding.scene_vocab_embeds, "object": base.understanding.object_vocab_embeds}
         loss_u, parts = understanding_loss(out, batch, vocab, self.weights, model_temperature(base))
         loss_cond = self.condition_term(base, condition, labels)
-        with torch.no_grad():
-            pixels = batch["diffusion_pixels"].to(condition.device, dtype=self.weight_dtype)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
+        latents = self.latents(batch["diffusion_pixels"], gen)
         contents = self.contents(batch, gen) if j.content_prompt > 0 else None
         loss_theta = self.diffusion_term(latents, self.context(condition, len(labels), contents), gen)
         loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
@@ -682,6 +673,13 @@ class JointObjective:
             parts["loss/cond"] = loss_cond.detach()
         parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
         return loss, parts
+
+    @torch.no_grad()
+    def latents(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Scaled VAE latents (B, C, h, h) of diffusion-view pixels (B, 3, R, R) in [-1, 1], sampled from ``gen``."""
+        device = next(self.vae.parameters()).device
+        dist = self.vae.encode(pixels.to(device, dtype=self.weight_dtype)).latent_dist
+        return dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
 
     def contents(self, batch: dict[str, Any], gen: torch.Generator) -> list[str | None]:
         """Per image, with probability ``joint.content_prompt``, the words naming its annotated scene and object
