@@ -1,6 +1,8 @@
 """The attribute judge of the built-in dataset: it reads palette, scene and object, and the dataset's rule names
 the emotion; the oracle captions are each emotion's own cues."""
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -79,3 +81,24 @@ def test_judge_refuses_other_data_and_other_checkpoints(tmp_path, trained_run):
         Image.new("RGB", (8, 8)).save(folder / split / "awe" / "a.jpg")
     with pytest.raises(DataError, match="not the built-in dataset"):
         train_attribute_judge(folder, steps=1)
+
+
+def test_shipped_judge_reads_a_dataset_it_never_saw_and_is_used_only_on_its_own(synth_dir, tmp_path):
+    from uniemo.data.synth import SynthConfig, generator_info
+    from uniemo.metrics.judge import BUILTIN_JUDGE, judge_for
+
+    shipped = AttributeJudge.from_pretrained(BUILTIN_JUDGE)
+    # trained on `uniemo synth`'s default dataset (seed 0): a change to the generator or its defaults shows here
+    assert shipped.trained_on == {**generator_info(SynthConfig()), "judge_steps": 1000}
+    # synth_dir is another seed at another resolution: the shipped weights still read it
+    real = judge_real_accuracy(shipped, synth_dir, "test")
+    assert real["palette"] == 1.0 and real["emotion"] > 0.8
+    # on the default dataset's record the shipped judge is used; on any other one a judge is trained
+    default = tmp_path / "default"
+    default.mkdir()
+    (default / "info.json").write_text(json.dumps({"generator": generator_info(SynthConfig())}))
+    judge, origin = judge_for(default)
+    assert origin == "shipped" and judge.state_dict()["net.0.weight"].equal(shipped.state_dict()["net.0.weight"])
+    judge, origin = judge_for(synth_dir, steps=5)
+    assert origin == "trained" and not judge.state_dict()["net.0.weight"].equal(shipped.state_dict()["net.0.weight"])
+    assert judge.trained_on["seed"] == 1

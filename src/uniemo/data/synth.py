@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -268,6 +269,18 @@ def write_synthetic_dataset(root: str | Path, config: SynthConfig | None = None,
     return root
 
 
+def generator_info(cfg: SynthConfig) -> dict[str, Any]:
+    """info.json's "generator" record: what identifies a built-in dataset (its options and its rule)."""
+    return {
+        "name": "uniemo built-in synthetic dataset (not EmoSet: procedurally drawn images in EmoSet's layout)",
+        **asdict(cfg),
+        "palettes": list(PALETTES),
+        "palette_valence": PALETTE_VALENCE,
+        "object_slot": OBJECT_SLOT,
+        "scene_slot": SCENE_SLOT,
+    }
+
+
 def _write(root: Path, cfg: SynthConfig) -> None:
     rng = np.random.default_rng(cfg.seed)
     counters = dict.fromkeys(EMOSET_EMOTIONS, 0)
@@ -310,14 +323,7 @@ def _write(root: Path, cfg: SynthConfig) -> None:
         "idx2label": {str(i): e for i, e in enumerate(EMOSET_EMOTIONS)},
         "scene2idx": {s: i for i, s in enumerate(SCENES)},
         "object2idx": {o: i for i, o in enumerate(OBJECTS)},
-        "generator": {
-            "name": "uniemo built-in synthetic dataset (not EmoSet: procedurally drawn images in EmoSet's layout)",
-            **asdict(cfg),
-            "palettes": list(PALETTES),
-            "palette_valence": PALETTE_VALENCE,
-            "object_slot": OBJECT_SLOT,
-            "scene_slot": SCENE_SLOT,
-        },
+        "generator": generator_info(cfg),
     }
     (root / "info.json").write_text(json.dumps(info, indent=1))
     logger.debug("wrote %s", {k: len(v) for k, v in splits.items()})

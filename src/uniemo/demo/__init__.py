@@ -156,7 +156,7 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
     if reused:
         generation = json.loads((gen_dir / "metrics.json").read_text())
     else:
-        from uniemo.metrics.judge import train_attribute_judge
+        from uniemo.metrics.judge import judge_for
         from uniemo.metrics.networks import train_emotion_classifier
 
         if not (stages.done("emo-classifier", synth_settings) and (clf_dir / "model.json").is_file()):
@@ -164,8 +164,9 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
             stages.record("emo-classifier", synth_settings, clf)
         judge_settings = {**synth_settings, "judge_steps": settings["judge_steps"]}
         if not (stages.done("judge", judge_settings) and (judge_dir / "model.json").is_file()):
-            train_attribute_judge(data_dir, steps=settings["judge_steps"]).save_pretrained(judge_dir)
-            stages.record("judge", judge_settings, {})
+            judge, origin = judge_for(data_dir, steps=settings["judge_steps"])
+            judge.save_pretrained(judge_dir, trained_on=judge.trained_on)
+            stages.record("judge", judge_settings, {"origin": origin})
         generation = generate_showcase(
             joint_dir,
             data_dir,

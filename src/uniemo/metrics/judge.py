@@ -38,6 +38,10 @@ from uniemo.errors import CheckpointError, DataError
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"palette": PALETTES, "scene": SCENES, "object": OBJECTS}
 _KIND = "uniemo-attribute-judge"
+#: The judge shipped with uniemo: :func:`train_attribute_judge` (1000 steps, seed 0) on the training split of the
+#: built-in dataset as ``uniemo synth`` writes it by default; its model.json "trained_on" holds that dataset's
+#: generator record (info.json), so :func:`judge_for` uses it only on that very dataset.
+BUILTIN_JUDGE = Path(__file__).resolve().parents[1] / "assets" / "judge"
 
 
 class AttributeJudge(nn.Module):
@@ -50,6 +54,8 @@ class AttributeJudge(nn.Module):
     def __init__(self, size: int = 32) -> None:
         super().__init__()
         self.size = size
+        #: the generator record of the dataset it learned from (see :func:`judge_for`), when known
+        self.trained_on: dict[str, Any] | None = None
         self.sizes = [len(v) for v in ATTRIBUTES.values()]
         self.net = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -83,12 +89,18 @@ class AttributeJudge(nn.Module):
         """The emotion each image shows by the built-in dataset's rule applied to what the judge reads."""
         return rule_emotions(self.read(images))
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(
+        self, directory: str | Path, trained_on: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """Writes model.safetensors (in ``dtype`` if given) and model.json (with ``trained_on``, the generator
+        record of the dataset it learned from, when given)."""
         from safetensors.torch import save_file
 
+        state = {k: v.to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()}
+        meta = {"kind": _KIND, "size": self.size, **({"trained_on": dict(trained_on)} if trained_on else {})}
         with atomic_directory(directory) as tmp:
-            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp / "model.safetensors"))
-            (tmp / "model.json").write_text(json.dumps({"kind": _KIND, "size": self.size}))
+            save_file(state, str(tmp / "model.safetensors"))
+            (tmp / "model.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AttributeJudge:
@@ -103,7 +115,8 @@ class AttributeJudge(nn.Module):
         if meta.get("kind") != _KIND:
             raise CheckpointError(f"{path} is not an attribute judge (kind {meta.get('kind')!r})")
         judge = cls(int(meta["size"]))
-        judge.load_state_dict(load_file(str(path / "model.safetensors")))
+        judge.load_state_dict({k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()})
+        judge.trained_on = meta.get("trained_on")
         return judge.eval()
 
 
@@ -158,6 +171,32 @@ def train_attribute_judge(
         loss.backward()
         optimizer.step()
     return judge.eval()
+
+
+def generator_record(root: str | Path) -> dict[str, Any] | None:
+    """The "generator" record of a built-in dataset's info.json (None for any other dataset)."""
+    try:
+        return json.loads((Path(root) / "info.json").read_text()).get("generator")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def judge_for(root: str | Path, steps: int = 1000) -> tuple[AttributeJudge, str]:
+    """A judge for the built-in dataset at ``root`` and where it came from ("shipped" or "trained"): the shipped
+    :data:`BUILTIN_JUDGE` when ``root`` is the very dataset it was trained on (same generator record: seed, sizes,
+    rule), else one trained on ``root``'s training split for ``steps`` steps.
+
+    Raises:
+        DataError: ``root`` is not the built-in dataset.
+    """
+    record = generator_record(root)
+    if record is not None and (BUILTIN_JUDGE / "model.json").is_file():
+        shipped = AttributeJudge.from_pretrained(BUILTIN_JUDGE)
+        if shipped.trained_on == {**record, "judge_steps": steps}:
+            return shipped, "shipped"
+    judge = train_attribute_judge(root, steps=steps)
+    judge.trained_on = {**record, "judge_steps": steps} if record else None
+    return judge, "trained"
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
