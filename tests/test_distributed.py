@@ -22,7 +22,7 @@ def test_two_processes_match_one_with_the_same_global_batch(synth_dir, tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     runs = {}
     for name, launcher in (
-        ("two", [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29517", "-m", "uniemo"]),
+        ("two", [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "uniemo"]),
         ("one", [sys.executable, "-m", "uniemo"]),
     ):
         out = tmp_path / name
@@ -48,9 +48,9 @@ def test_joint_training_in_two_processes_matches_one(synth_dir, trained_run, tmp
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     runs = {}
     for name, launcher, extra in (
-        ("two", [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29518", "-m", "uniemo"], equal),
+        ("two", [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "uniemo"], equal),
         ("one", [sys.executable, "-m", "uniemo"], equal),
-        ("full", [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29519", "-m", "uniemo"], []),
+        ("full", [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "uniemo"], []),
     ):
         out = tmp_path / name
         overrides = joint_overrides(synth_dir, trained_run, out, steps=6) + ["threads=1", "data.augment=false"]
@@ -106,7 +106,7 @@ def test_two_processes_shard_each_epoch_without_duplicates_or_gaps(synth_dir, tm
     for name, skip in (("full", 0), ("resumed", 2)):
         out = tmp_path / name
         out.mkdir()
-        cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29520", str(script), str(synth_dir), str(out)]
+        cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", str(script), str(synth_dir), str(out)]
         result = subprocess.run([*cmd, str(skip)], capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]

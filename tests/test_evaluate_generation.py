@@ -108,12 +108,13 @@ def test_suite_numbers_equal_hand_computations(generated, synth_dir, emo_classif
     # by hand: CLIP embeddings with correct preprocessing, the classifier, the pairs, the formulas
     clip = ClipNetwork("uniemo-standin")
     clf = EmotionFeatureClassifier.from_pretrained(emo_classifier)
-    hits, same_sign, sem_d = [], [], []
+    hits, same_sign, sem_d, fake = [], [], [], []
     positive = {"amusement", "awe", "contentment", "excitement"}  # EmoSet's positive half, written out by hand
     for emotion in clf.classes:
         images = [Image.open(p).convert("RGB") for p in sorted((generated / emotion).glob("*.png"))]
         pixels = torch.stack([ClipPreprocess(clip.image_size)(im) for im in images])
         embeds = clip.embed_pixels(pixels)
+        fake.append(embeds)
         predicted = clf.probabilities(embeds).argmax(1)
         hits += (predicted == clf.classes.index(emotion)).tolist()
         same_sign += [(clf.classes[k] in positive) == (emotion in positive) for k in predicted.tolist()]
@@ -124,6 +125,13 @@ def test_suite_numbers_equal_hand_computations(generated, synth_dir, emo_classif
     assert report["sem-d"]["value"] == pytest.approx(np.mean(sem_d), rel=1e-5)
     assert report["sem-d"]["n_pairs"] == 16
     assert report["fid"]["n_reference"] == 96 and report["fid"]["reference"] == "split 'test'"
+    # FID between the generated images and the real test images (CLIP features), by hand
+    test_split = json.loads((synth_dir / "test.json").read_text())
+    real = torch.stack(
+        [ClipPreprocess(clip.image_size)(Image.open(synth_dir / e[1]).convert("RGB")) for e in test_split]
+    )
+    fid = gm.fid_from_features(clip.embed_pixels(real), torch.cat(fake))
+    assert report["fid"]["value"] == pytest.approx(fid, rel=1e-4) and fid > 1e-3
     assert 0 < report["sem-c"]["value"] <= 1
     # --legacy changes what it says it changes: Sem-D through the double rescale, FID against the whole dataset
     assert main([*argv, "--legacy"]) == 0

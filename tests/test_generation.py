@@ -37,6 +37,11 @@ def test_same_seed_same_images_other_seed_other_images(pipe):
     # image i depends only on seed + i: the second image of seed 5 is the first of seed 6
     assert np.array_equal(_pixels(a.images[1:]), _pixels(c.images[:1]))
     assert a.settings["emotions"] == {"awe": 1.0} and a.settings["text"] == "<emotion>"
+    # more images than a batch: batch after batch, image i is still the image of seed + i
+    d = pipe("awe", num_images=3, steps=3, seed=5, batch_size=2)
+    e = pipe("awe", num_images=1, steps=3, seed=7)
+    assert np.abs(_pixels(d.images[:2]) - _pixels(a.images)).max() <= 1
+    assert np.abs(_pixels(d.images[2:]) - _pixels(e.images)).max() <= 1
 
 
 def test_fusion_weights(pipe):
@@ -131,6 +136,19 @@ def test_generate_cli(joint_run, tmp_path):
             "amusement-awe_001.png",
         ]
     )
+    # the prompt reaches the images: the same seed without it (or with another) draws other pictures
+    for name, extra in (("plain", []), ("other", ["--prompt", "a boat"])):
+        r = uniemo(
+            "generate", "--checkpoint", joint_run, "--emotion", "amusement=0.5", "--emotion", "awe=0.5",
+            *extra, "--num-images", 1, "--steps", 2, "--seed", 7, "--out", tmp_path / name,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        with (
+            Image.open(out / "amusement-awe_000.png") as a,
+            Image.open(tmp_path / name / "amusement-awe_000.png") as b,
+        ):
+            assert np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean() > 1.0
+    assert json.loads((tmp_path / "other" / "settings.json").read_text())["prompt"] == "a boat"
     assert_one_line_error(
         uniemo("generate", "--checkpoint", joint_run, "--emotion", "joy", "--out", out), "unknown emotion 'joy'"
     )

@@ -41,7 +41,7 @@ def test_sigkill_then_resume_is_bit_exact(synth_dir, tmp_path):
     assert json.loads((killed / "summary.json").read_text())["steps"] == STEPS
 
 
-def _kill_when(proc: subprocess.Popen, state, step: int, timeout: float = 240) -> None:
+def _kill_when(proc: subprocess.Popen, state, step: int, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
