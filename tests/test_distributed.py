@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,14 @@ from tests.conftest import joint_overrides, micro_overrides
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+def torchrun() -> list[str]:
+    """torchrun for two processes on a port that is free now (a fixed port fails when something else holds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this Python")
 def test_two_processes_match_one_with_the_same_global_batch(synth_dir, tmp_path):
     # L_S / L_O contrast within each process's micro-batch (fewer negatives than one process sees), so the
@@ -22,7 +31,7 @@ def test_two_processes_match_one_with_the_same_global_batch(synth_dir, tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     runs = {}
     for name, launcher in (
-        ("two", [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "uniemo"]),
+        ("two", [*torchrun(), "-m", "uniemo"]),
         ("one", [sys.executable, "-m", "uniemo"]),
     ):
         out = tmp_path / name
@@ -48,9 +57,9 @@ def test_joint_training_in_two_processes_matches_one(synth_dir, trained_run, tmp
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     runs = {}
     for name, launcher, extra in (
-        ("two", [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "uniemo"], equal),
+        ("two", [*torchrun(), "-m", "uniemo"], equal),
         ("one", [sys.executable, "-m", "uniemo"], equal),
-        ("full", [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "uniemo"], []),
+        ("full", [*torchrun(), "-m", "uniemo"], []),
     ):
         out = tmp_path / name
         overrides = joint_overrides(synth_dir, trained_run, out, steps=6) + ["threads=1", "data.augment=false"]
@@ -106,7 +115,7 @@ def test_two_processes_shard_each_epoch_without_duplicates_or_gaps(synth_dir, tm
     for name, skip in (("full", 0), ("resumed", 2)):
         out = tmp_path / name
         out.mkdir()
-        cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", str(script), str(synth_dir), str(out)]
+        cmd = [*torchrun(), str(script), str(synth_dir), str(out)]
         result = subprocess.run([*cmd, str(skip)], capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -85,6 +85,34 @@ def test_emo_classifier_never_replaces_another_directory(synth_dir, trained_run,
     assert (trained_run / "best" / "model.json").is_file()
 
 
+def test_lpips_in_the_suite_is_the_per_emotion_mean_over_its_pairs(
+    generated, synth_dir, emo_classifier, tmp_path, capsys
+):
+    """The evaluator's LPIPS path with a network of known weights (LPIPS itself equals the `lpips` package: the
+    reference tests): the value is the mean over emotions of each emotion's mean distance over its pairs."""
+    from uniemo.metrics.lpips import AlexNetFeatures, load_lpips, lpips_distances
+
+    torch.manual_seed(2)
+    alexnet, linear = tmp_path / "alexnet.pth", tmp_path / "alex.pth"
+    torch.save({f"features.{k}": v for k, v in AlexNetFeatures().features.state_dict().items()}, alexnet)
+    torch.save(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}, linear
+    )
+    argv = [*_evaluate(generated, synth_dir, emo_classifier), "--lpips-alexnet", str(alexnet), "--lpips-linear"]
+    argv += [str(linear), "--pairs", "2", "--json"] + [f"--skip={m}" for m in ("fid", "emo-a", "sem-c", "sem-d")]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)["lpips"]
+    network, pairs, per = load_lpips(alexnet, linear), gm.sample_pairs(3, 2, 0), {}
+    for folder in sorted(generated.iterdir()):
+        images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
+        x = torch.stack(
+            [torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1 for im in images]
+        )
+        per[folder.name] = float(lpips_distances(network, x[pairs[:, 0]], x[pairs[:, 1]]).mean())
+    assert report["per_emotion"] == pytest.approx(per, rel=1e-5) and report["n_pairs"] == 16
+    assert report["value"] == pytest.approx(np.mean(list(per.values())), rel=1e-5) and report["value"] > 1e-4
+
+
 def test_generate_all_writes_one_folder_per_emotion(generated):
     folders = sorted(p.name for p in generated.iterdir())
     assert len(folders) == 8

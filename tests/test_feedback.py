@@ -60,6 +60,11 @@ def test_rho_mix_makes_the_generated_share_rho():
     assert np.array_equal(mix_in(chosen, 80, 0.2, seed=0), mixed)  # deterministic
     with pytest.raises(ConfigError, match="rho"):
         mix_count(10, 1.0)
+    assert mix_in(np.array([5]), 80, 0.2).tolist() == [5] * 20  # one kept image fills the share alone
+    for nothing in (mix_in(np.array([], dtype=np.int64), 80, 0.2), mix_in(chosen, 80, 0.0)):
+        assert nothing.shape == (0,) and nothing.dtype == np.int64  # indices, even when there are none
+    # η = 0 keeps the top of the ranking (the whole group with δ = 1)
+    assert select_images(np.arange(4.0), np.arange(4.0), np.zeros(4, int), 0.0, 1.0).tolist() == [0, 1, 2, 3]
 
 
 def test_feedback_end_to_end(synth_dir, joint_run, tmp_path, capsys):

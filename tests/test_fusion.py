@@ -80,6 +80,10 @@ def test_supervised_contrastive_by_hand():
 
     assert math.isclose(float(got), (term(0, 1) + term(1, 0)) / 2, rel_tol=1e-5)
     assert supervised_contrastive(z, torch.tensor([0, 1, 2, 3])) is None
+    # three of one emotion: each anchor averages over its two positives
+    got = supervised_contrastive(z, torch.tensor([0, 0, 0, 1]), tau)
+    by_hand = sum(term(i, p) for i in range(3) for p in range(3) if p != i) / 6
+    assert math.isclose(float(got), by_hand, rel_tol=1e-5)
 
 
 @pytest.fixture
@@ -136,7 +140,7 @@ def test_prior_head_learns_and_reads_names_in_the_shared_space():
     features = centres[labels] + 0.1 * torch.randn(400, 16)
     head = train_prior_head(features, labels, num_classes=4, epochs=30, lr=1e-2, hidden=32)
     accuracy = (head(F.normalize(features, dim=-1)).argmax(-1) == labels).float().mean()
-    assert accuracy > 0.9
+    assert accuracy > 0.9 and head[0].weight.shape == (32, 16)  # the hidden width asked for
     # "Names" whose text embeddings lie near an emotion's images read as that emotion; rows are distributions.
     prior = classifier_prior(head, centres[[2, 0]])
     torch.testing.assert_close(prior.sum(-1), torch.ones(2))
@@ -182,6 +186,14 @@ def test_emotion_space_bank_holds_real_feature_triples_of_each_emotion():
         assert tuple(row) in {tuple(r) for r in cls[labels == label].tolist()}
     without = emotion_space(feats, labels, num_classes=2)
     assert "cls_bank" not in without and torch.equal(without["cls_mean"], space["cls_mean"])
+    # the bank is the seed's: the same seed the same bank (a run's generation is reproducible), another seed another
+    assert torch.equal(emotion_space(feats, labels, 2, bank=8, seed=3)["cls_bank"], space["cls_bank"])
+    assert not torch.equal(emotion_space(feats, labels, 2, bank=8, seed=4)["cls_bank"], space["cls_bank"])
+    # every entry of the bank is drawn, the first included (a bank of 4 distinct images of emotion 0)
+    four = emotion_space(feats, labels, 2, bank=4, seed=3)
+    drawn = sample_emotion_space(four, torch.zeros(60, dtype=torch.long), torch.Generator().manual_seed(0))["cls"]
+    bank_rows = set(map(tuple, four["cls_bank"][0].tolist()))
+    assert len(bank_rows) == 4 and set(map(tuple, drawn.tolist())) == bank_rows
 
 
 def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):

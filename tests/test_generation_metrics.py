@@ -368,3 +368,33 @@ def test_load_inception_never_unpickles_code(tmp_path):
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="partial.pth.*Inception-V3"):
         load_inception(tmp_path / "partial.pth")
+
+
+def test_bad_inputs_name_the_argument_and_empty_inputs_keep_their_shape():
+    """What a caller sees: each error names the argument at fault; empty sets give empty results of the right shape
+    and dtype, not a crash three calls later."""
+    eye, zero = np.eye(2), np.zeros(2)
+    for call, words in [
+        (lambda: feature_statistics(np.zeros(3)), "features must have 2 dimensions"),
+        (lambda: frechet_distance(eye, eye, zero, eye), "mu1 must have 1 dimensions"),
+        (lambda: frechet_distance(zero, zero, zero, eye), "sigma1 must have 2 dimensions"),
+        (lambda: frechet_distance(zero, eye, zero, zero), "sigma2 must have 2 dimensions"),
+        (lambda: frechet_distance(zero, np.eye(3), zero, eye), "Fréchet distance needs means"),
+        (lambda: emo_a(np.zeros(3), [0, 1, 2]), "probs must have 2 dimensions"),
+        (lambda: emo_a(np.zeros((3, 2)), [0.5, 1.0, 0.0]), "targets must be a 1-D array of integer"),
+        (lambda: emo_a(np.zeros((1, 2)), [[0]]), "targets must be a 1-D array of integer"),
+        (lambda: emo_a(np.zeros((0, 2)), np.zeros(0, dtype=int)), "no images to score: probs and targets are empty"),
+        (lambda: pair_distances_mse(np.zeros(3), [[0, 1]]), "embeddings must have 2 dimensions"),
+        (lambda: pair_distances_mse(np.zeros((3, 2)), [[0, 3]]), r"pairs index images 0\.\.2 only"),
+        (lambda: pair_distances_mse(np.zeros((3, 2)), []), "no pairs to average over"),
+        (lambda: summary(np.zeros((2, 2))), "values must have 1 dimensions"),
+    ]:
+        with pytest.raises(UniEmoError, match=f"^{words}"):
+            call()
+    empty = summary([])
+    assert empty["n"] == 0 and set(empty) == {"mean", "std", "min", "max", "n"}
+    assert all(np.isnan(empty[k]) for k in ("mean", "std", "min", "max"))
+    assert sample_pairs(2, 5).tolist() == [[0, 1]] and sample_pairs(2, 5).dtype == np.int64
+    assert sample_pairs(1, 5).shape == (0, 2) and sample_pairs(1, 5).dtype == np.int64
+    assert to_signed_pixels([], 8).shape == (0, 3, 8, 8)
+    assert to_signed_pixels([Image.new("RGB", (4, 4), (255, 0, 0))], 1).tolist() == [[[[1.0]], [[-1.0]], [[-1.0]]]]

@@ -12,13 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# The classes of the toy diffusion pipelines, imported when the tests are collected: `make mutate` forks one test run
+# per mutant after collection and would otherwise import them (seconds) in every run.
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+
 from uniemo.config import JointConfig, LossConfig
 from uniemo.losses import attribute_infonce
 from uniemo.models.diffusion import diffusion_loss, tiny_stable_diffusion
 from uniemo.models.factory import architecture_config
 from uniemo.models.understanding import ExpertQueryCLIP
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel
-from uniemo.train.joint import JointObjective
+from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
+from uniemo.train.joint import JointObjective, content_words
 from uniemo.train.understanding import understanding_loss
 
 V_S, V_O, K = 5, 4, 8
@@ -228,6 +232,16 @@ def test_content_prompts_name_the_annotated_scene_and_object(generator_parts):
         "a desert with a tent",
         "a forest with a car",
     ]
+    # with probability content_prompt: the draws of the same generator decide which images get their words
+    half = objective_for(pipe, encoder, content_prompt=0.5)
+    half.scene_vocab, half.object_vocab = objective.scene_vocab, objective.object_vocab
+    draws = torch.rand(6, generator=torch.Generator().manual_seed(1)).tolist()
+    got = half.contents(batch_of(), torch.Generator().manual_seed(1))
+    assert got == [w if d < 0.5 else None for w, d in zip(words, draws)] and 0 < got.count(None) < 6
+    assert content_words("island", "owl") == "an island with an owl" and content_words(None, "umbrella") == (
+        "an umbrella"
+    )
+    assert content_words(None, None) is None
 
 
 # ---- L(θ) itself -------------------------------------------------------------------------------------------
@@ -237,7 +251,6 @@ def test_content_prompts_name_the_annotated_scene_and_object(generator_parts):
 def test_diffusion_loss_noises_the_latents_as_ddpm_does(prediction_type):
     """A UNet that knows the clean latents x₀ and recovers ε from its noisy input x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
     (by hand, from the scheduler's ᾱ) predicts the target exactly — only if x_t really is that noised mix."""
-    from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type)
     x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -257,3 +270,152 @@ def test_diffusion_loss_noises_the_latents_as_ddpm_does(prediction_type):
         scheduler, x0, torch.zeros(3, 2, 4), torch.Generator().manual_seed(2),
     )  # fmt: skip
     assert float(loss) > 1e-3
+
+
+# ---- the model's other paths: α off, no queries, one or no names, the ce condition loss, the bank -------------
+
+
+def micro_model(names: tuple[int, int] = (V_S, V_O), **kwargs) -> UniEmoModel:
+    from transformers import CLIPVisionModel
+
+    torch.manual_seed(0)
+    mode = kwargs.pop("query_mode", "multi_stage")
+    understanding = ExpertQueryCLIP(
+        CLIPVisionModel(architecture_config("micro-clip").vision_config), num_classes=K, attribute_dim=16,
+        query_mode=mode, num_scene_queries=4, num_object_queries=3, num_scene_names=names[0],
+        num_object_names=names[1],
+    )  # fmt: skip
+    understanding.scene_vocab_embeds.copy_(F.normalize(torch.randn(names[0], 16), dim=-1))
+    understanding.object_vocab_embeds.copy_(F.normalize(torch.randn(names[1], 16), dim=-1))
+    model = UniEmoModel(understanding, [32], mapper_hidden=16, **kwargs)
+    model.prior_scene.copy_(torch.rand(names[0], K).softmax(1))
+    model.prior_object.copy_(torch.rand(names[1], K).softmax(1))
+    return model
+
+
+def test_alpha_none_gives_ones_and_a_single_name_gives_its_prior_and_no_names_one():
+    emotions = torch.tensor([0, 3, 7])
+    s, o = F.normalize(torch.randn(3, 16), dim=-1), F.normalize(torch.randn(3, 16), dim=-1)
+    off = micro_model(alpha="none")
+    assert all(torch.equal(a, torch.ones(3)) for a in off.alphas(s, o, emotions))
+    one = micro_model(names=(1, V_O))  # one scene name: π = 1 on it, α_S = P(e | that name)
+    torch.testing.assert_close(one.alphas(s, o, emotions)[0], one.prior_scene[0, emotions])
+    none = micro_model(names=(V_S, 0))  # no object names in the data: α_O = 1, α_S still read
+    a_s, a_o = none.alphas(s, o, emotions)
+    assert torch.equal(a_o, torch.ones(3)) and not torch.allclose(a_s, torch.ones(3))
+
+
+def test_without_queries_c_is_the_mapped_class_token_alone():
+    model = micro_model(query_mode="none")
+    cls = torch.randn(2, model.understanding.vision.config.hidden_size)
+    a_s, a_o = model.alphas(None, None, torch.tensor([1, 2]))
+    assert torch.equal(a_s, torch.ones(2)) and torch.equal(a_o, torch.ones(2))
+    c = model.condition({"cls": cls, "scene": None, "object": None}, torch.tensor([1, 2]))
+    torch.testing.assert_close(c, model.fusion.map_cls(cls))
+
+
+def test_the_ce_condition_loss_reads_c_with_the_frozen_stage1_head_or_its_own(generator_parts):
+    pipe, encoder, model = generator_parts
+    c = torch.randn(4, 32)
+    u = model.understanding
+    torch.testing.assert_close(model.condition_logits(c), c @ u.head.weight.T + u.head.bias)
+    headed = UniEmoModel(u, encoder.condition_dims, mapper_hidden=16, condition_head=True)
+    torch.testing.assert_close(headed.condition_logits(c), headed.condition_head(c))
+    # the parameters joint training creates: the mappers, and the condition head when there is one
+    assert {id(p) for p in headed.generation_parameters()} == {
+        id(p) for p in [*headed.fusion.parameters(), *headed.condition_head.parameters()]
+    }
+    assert {id(p) for p in model.generation_parameters()} == {id(p) for p in model.fusion.parameters()}
+    objective = objective_for(pipe, encoder, condition_loss="ce", understanding_weight=0.0, diffusion_weight=0.0)
+    batch = batch_of()
+    loss, _ = objective(model, model, batch, torch.Generator().manual_seed(0))
+    _, cond = model(batch["pixel_values"], batch["label"])
+    torch.testing.assert_close(loss, 0.3 * F.cross_entropy(model.condition_logits(cond), batch["label"]))
+
+
+def test_the_models_bank_gives_real_triples_and_diversity_zero_the_mean():
+    from uniemo.models.fusion import emotion_space
+
+    model = micro_model(space_bank=3)
+    dim = model.understanding.vision.config.hidden_size
+    labels = torch.arange(16) % K
+    feats = {n: torch.randn(16, dim) + 10 * i for i, n in enumerate(("cls", "scene", "object"))}
+    model.set_emotion_space(emotion_space(feats, labels, K, bank=3))
+    drawn = model.sample_features(torch.tensor([2, 5]), torch.Generator().manual_seed(0))
+    for j, k in enumerate((2, 5)):  # each draw is one real image of that emotion: its cls, scene and object
+        index = next(i for i in range(16) if torch.equal(drawn["cls"][j], feats["cls"][i]))
+        assert labels[index] == k and torch.equal(drawn["scene"][j], feats["scene"][index])
+        assert torch.equal(drawn["object"][j], feats["object"][index])
+    mean = model.sample_features(torch.tensor([2]), torch.Generator().manual_seed(0), diversity=0.0)
+    torch.testing.assert_close(mean["cls"][0], feats["cls"][labels == 2].mean(0))
+
+
+def test_label_smoothing_enters_the_cross_entropy():
+    model = micro_understanding()
+    batch = batch_of()
+    out = model(batch["pixel_values"])
+    vocab = {"scene": model.scene_vocab_embeds, "object": model.object_vocab_embeds}
+    loss, _ = understanding_loss(out, batch, vocab, LossConfig(0.0, 0.0, 1.0, label_smoothing=0.2), 0.07)
+    torch.testing.assert_close(loss, F.cross_entropy(out.logits, batch["label"], label_smoothing=0.2))
+
+
+def test_content_prompts_reach_l_theta_and_the_control_is_the_empty_prompt(generator_parts):
+    pipe, encoder, model = generator_parts
+    objective = objective_for(pipe, encoder, content_prompt=1.0, condition_loss="none", understanding_weight=0.0)
+    objective.scene_vocab, objective.object_vocab = ["beach", "forest", "mountain", "city", "desert"], [
+        "balloon", "tent", "car", "house",
+    ]  # fmt: skip
+    batch = batch_of()
+    _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    _, c = model(batch["pixel_values"], batch["label"])
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch["diffusion_pixels"]).latent_dist.sample(generator=gen)
+        latents = latents * pipe.vae.config.scaling_factor
+    words = objective.contents(batch, gen)  # drawn after the VAE sample, before the noise
+    prompts = [f"{w}, <emotion>" if w else "<emotion>" for w in words]
+    theta = diffusion_loss(pipe.unet, pipe.scheduler, latents, encoder.encode(prompts, c)["prompt_embeds"], gen)
+    torch.testing.assert_close(parts["loss/diffusion"], theta.detach())
+    control = objective.context(None, 3)["prompt_embeds"]
+    torch.testing.assert_close(control, encoder.encode([""] * 3)["prompt_embeds"])
+
+
+def test_sdxl_prompts_are_both_encoders_penultimate_layers_and_l_theta_gets_the_added_conditions():
+    """SDXL: prompt embeddings = the penultimate hidden states of both text encoders side by side, the pooled
+    embedding = the second encoder's projection, and L(θ) gives the UNet those and the size micro-conditioning."""
+    from diffusers import DDPMScheduler
+
+    from uniemo.models.diffusion import tiny_stable_diffusion_xl
+
+    pipe = tiny_stable_diffusion_xl(seed=0)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        part.requires_grad_(False)
+    encoder = PromptEncoder(pipe)
+    prompts = ["a house", "a boat"]
+    got = encoder.encode(prompts)
+    hidden = []
+    for tokenizer, text_encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        out = text_encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+    torch.testing.assert_close(got["prompt_embeds"], torch.cat(hidden, dim=-1))
+    torch.testing.assert_close(got["pooled_prompt_embeds"], out.text_embeds)
+
+    model = UniEmoModel(micro_understanding(), encoder.condition_dims, mapper_hidden=16)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    cfg = JointConfig(understanding="-", resolution=32, content_prompt=0.0, condition_loss="none")
+    objective = JointObjective(encoder, pipe.vae, pipe.unet, scheduler, cfg, LossConfig(), torch.float32)
+    objective.joint.understanding_weight = 0.0
+    batch = batch_of()
+    _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    _, c = model(batch["pixel_values"], batch["label"])
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch["diffusion_pixels"]).latent_dist.sample(generator=gen)
+        latents = latents * pipe.vae.config.scaling_factor
+    text = encoder.encode(["<emotion>"] * 6, c)
+    added = {"text_embeds": text["pooled_prompt_embeds"], "time_ids": sdxl_time_ids(6, 32, "cpu", torch.float32)}
+    theta = diffusion_loss(pipe.unet, scheduler, latents, text["prompt_embeds"], gen, added)
+    torch.testing.assert_close(parts["loss/diffusion"], theta.detach())
+    control = objective.context(None, 2)
+    torch.testing.assert_close(control["added"]["text_embeds"], encoder.encode(["", ""])["pooled_prompt_embeds"])

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from uniemo.constants import EMOSET_EMOTIONS
-from uniemo.metrics.modes import judge_fusion, judge_reference, judge_transfer
+from uniemo.metrics.judge import wilson_interval
+from uniemo.metrics.modes import judge_emotions, judge_fusion, judge_reference, judge_transfer
 
 
 def _image(emotion: str, content: str = "boat") -> Image.Image:
@@ -29,10 +30,14 @@ class Pipe:
     classes = list(EMOSET_EMOTIONS)
     reference_answer = "anger"
 
+    def __init__(self):
+        self.settings = []  # the sampling settings of every call
+
     def __call__(self, emotion=None, prompt=None, reference=None, num_images=1, **settings):
         class Out:
             pass
 
+        self.settings.append(settings)
         out = Out()
         if reference is not None:
             out.images = [_image(self.reference_answer) for _ in reference for _ in range(num_images)]
@@ -69,3 +74,26 @@ def test_transfer_content_share_against_images_without_the_prompt():
     result, _ = judge_transfer(pipe, judge, 4, "house", without=without)
     assert result["emo_a"] == 1.0 and result["content_share"] == 0.5 and result["content_share_without"] == 0.0
     assert result["n"] == 32
+
+
+def test_every_mode_reports_its_figures_with_intervals_and_passes_the_sampling_settings_on():
+    pipe, judge = Pipe(), Judge()
+    fusion, _ = judge_fusion(pipe, judge, 4, weights=(1.0, 0.25), steps=7)
+    assert fusion["first"] == "amusement" and fusion["second"] == "sadness"
+    assert [r["sadness"] for r in fusion["rows"]] == [0.0, 1.0] and [r["weight"] for r in fusion["rows"]] == [
+        1.0,
+        0.25,
+    ]
+    assert fusion["rows"][0]["amusement_interval"] == wilson_interval(4, 4)
+    references = [("a.jpg", "anger")] * 3 + [("b.jpg", "awe")] * 5
+    reference, _ = judge_reference(pipe, judge, references, steps=7)
+    assert reference["n"] == 8 and reference["interval"] == wilson_interval(3, 8) and reference["chance"] == 1 / 8
+    without = {e: pipe(e, prompt="a house" if e == "awe" else None, num_images=4).images for e in pipe.classes}
+    transfer, images = judge_transfer(pipe, judge, 4, "house", without=without, steps=7)
+    assert transfer["content"] == "house" and transfer["content_interval"] == wilson_interval(16, 32)
+    assert transfer["content_share_without"] == 2 / 32  # the control's houses, counted as houses
+    assert transfer["content_interval_without"] == wilson_interval(2, 32)
+    emotions, _ = judge_emotions(pipe, judge, 2, steps=7)
+    assert emotions["emo_a"] == 1.0 and emotions["n"] == 16
+    calls = pipe.settings
+    assert len(calls) == 2 + 1 + 8 + 8 + 8 and all(c == {"steps": 7} for i, c in enumerate(calls) if not 3 <= i < 11)

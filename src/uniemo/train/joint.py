@@ -50,6 +50,7 @@ from uniemo.train.understanding import (
     check_resumable,
     config_yaml_text,
     cosine_with_warmup,
+    end_training,
     flat_dict,
     param_groups,
     training_loader,
@@ -598,7 +599,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     if counters["skipped_images"] and is_main:
         logger.warning("skipped %d unreadable training images (data.on_bad_image=skip)", counters["skipped_images"])
     save_last({"finished": True, "accuracy_after": accuracy_after, "steps": counters["step"]})
-    accelerator.end_training()
+    end_training(accelerator)
     summary = JointSummary(
         accuracy_before=counters["accuracy_before"],
         accuracy_after=accuracy_after,

@@ -483,7 +483,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
 
         shared = broadcast_object_list([{k: counters[k] for k in ("best_val_accuracy", "best_step")}])[0]
         counters.update(shared)
-    accelerator.end_training()
+    end_training(accelerator)
     if counters["skipped_images"]:
         logger.warning("skipped %d unreadable training images (data.on_bad_image=skip)", counters["skipped_images"])
     summary = TrainSummary(
@@ -499,6 +499,18 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     if is_main:
         write_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
     return summary
+
+
+def end_training(accelerator: Any) -> None:
+    """Closes the trackers and destroys the process group. With several processes, first a barrier and a pause
+    with the GIL released: gloo's worker threads drop a finished collective's tensors after the caller has moved
+    on, and dropping a tensor Python created needs the GIL, which the main thread holds while it joins those
+    threads in the process group's destructor. A worker once hung at exit that way (py-spy: the main thread in
+    ``~ProcessGroupGloo`` → ``thread::join``, a gloo thread waiting in ``gil_scoped_acquire``)."""
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+        time.sleep(0.2)
+    accelerator.end_training()
 
 
 def config_yaml_text(cfg: Any) -> str:
