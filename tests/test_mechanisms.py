@@ -176,6 +176,13 @@ def test_condition_norm_rescales_each_encoders_part(generator_parts):
 # ---- L_Joint and the gradient of L(θ) at c (METHOD §4) ------------------------------------------------------
 
 
+def vae_latents(pipe, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """The objective's first draw from ``gen``, by hand: a sample of the VAE's latent distribution, scaled."""
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch["diffusion_pixels"]).latent_dist.sample(generator=gen)
+    return latents * pipe.vae.config.scaling_factor
+
+
 def objective_for(pipe, encoder, **joint) -> JointObjective:
     cfg = JointConfig(understanding="-", resolution=32, **{"content_prompt": 0.0, **joint})
     return JointObjective(encoder, pipe.vae, pipe.unet, pipe.scheduler, cfg, LossConfig(), torch.float32)
@@ -191,9 +198,7 @@ def test_the_joint_objective_is_its_weighted_terms_and_l_theta_reads_c(generator
     # L(θ) by hand, with the same draws: the VAE sample first, then the noise and the timesteps
     gen = torch.Generator().manual_seed(5)
     out, c = model(batch["pixel_values"], batch["label"])
-    with torch.no_grad():
-        latents = pipe.vae.encode(batch["diffusion_pixels"]).latent_dist.sample(generator=gen)
-        latents = latents * pipe.vae.config.scaling_factor
+    latents = vae_latents(pipe, batch, gen)
     context = encoder.encode(["<emotion>"] * 6, c)["prompt_embeds"]
     theta = diffusion_loss(pipe.unet, pipe.scheduler, latents, context, gen)
     torch.testing.assert_close(parts["loss/diffusion"], theta.detach())
@@ -369,9 +374,7 @@ def test_content_prompts_reach_l_theta_and_the_control_is_the_empty_prompt(gener
     _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
     _, c = model(batch["pixel_values"], batch["label"])
-    with torch.no_grad():
-        latents = pipe.vae.encode(batch["diffusion_pixels"]).latent_dist.sample(generator=gen)
-        latents = latents * pipe.vae.config.scaling_factor
+    latents = vae_latents(pipe, batch, gen)
     words = objective.contents(batch, gen)  # drawn after the VAE sample, before the noise
     prompts = [f"{w}, <emotion>" if w else "<emotion>" for w in words]
     theta = diffusion_loss(pipe.unet, pipe.scheduler, latents, encoder.encode(prompts, c)["prompt_embeds"], gen)
@@ -410,9 +413,7 @@ def test_sdxl_prompts_are_both_encoders_penultimate_layers_and_l_theta_gets_the_
     _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
     _, c = model(batch["pixel_values"], batch["label"])
-    with torch.no_grad():
-        latents = pipe.vae.encode(batch["diffusion_pixels"]).latent_dist.sample(generator=gen)
-        latents = latents * pipe.vae.config.scaling_factor
+    latents = vae_latents(pipe, batch, gen)
     text = encoder.encode(["<emotion>"] * 6, c)
     added = {"text_embeds": text["pooled_prompt_embeds"], "time_ids": sdxl_time_ids(6, 32, "cpu", torch.float32)}
     theta = diffusion_loss(pipe.unet, scheduler, latents, text["prompt_embeds"], gen, added)
