@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import free_port
 from uniemo.checkpoint import read_meta, resolve_checkpoint
 from uniemo.cli.main import build_parser, main
 
@@ -152,16 +152,10 @@ def test_create_handler_bounds_its_settings_and_mixes_emotions(joint_run):
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(joint_run, tmp_path_factory):
     """``uniemo serve`` on a joint checkpoint in its own process, as a user starts it; always stopped."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "uniemo", "serve", "--checkpoint", str(joint_run), "--port", str(port)]

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import micro_overrides
+from uniemo.data.datasets import open_dataset
+from uniemo.pipelines.classifier import EmotionClassifier
 
 
 def uniemo(*args, cwd=None, timeout=300):
@@ -89,22 +91,15 @@ def test_evaluate_json_and_cross_dataset(trained_run, synth_dir, tmp_path):
     twitter = json.loads(r.stdout)
     assert twitter["mode"] == "emotions mapped to 2-class sentiment"
     # by hand: an image counts as positive when the model puts more than half its probability on positive emotions
-    from uniemo.pipelines.classifier import EmotionClassifier
-
     clf = EmotionClassifier.from_pretrained(trained_run)
-    positive = [c in ("amusement", "awe", "contentment", "excitement") for c in clf.classes]
-    from uniemo.data.datasets import open_dataset
-
+    positive = [c in ("amusement", "awe", "contentment", "excitement") for c in clf.classes]  # written out by hand
     dataset = open_dataset(tw)
     samples = dataset.split("test")
     probs = clf.probabilities([s.path for s in samples])
-    right = [
-        (float(p[positive].sum()) > 0.5) == (dataset.classes[s.label] == "positive") for p, s in zip(probs, samples)
-    ]
-    assert twitter["num_samples"] == len(samples) >= 6 and twitter["accuracy"] == pytest.approx(
-        sum(right) / len(right)
-    )
-    assert twitter["accuracy"] > 0.5  # the model reads valence (2-class accuracy 0.75+ on the built-in test split)
+    right = [(p[positive].sum() > 0.5) == (dataset.classes[s.label] == "positive") for p, s in zip(probs, samples)]
+    assert twitter["num_samples"] == len(samples) >= 6
+    assert twitter["accuracy"] == pytest.approx(sum(right) / len(right))
+    assert twitter["accuracy"] > 0.5  # chance is 0.5: the complement of a model that reads valence falls below it
 
 
 def test_attention_command(trained_run, synth_dir, tmp_path):

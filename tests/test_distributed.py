@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +9,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import joint_overrides, micro_overrides
+from tests.conftest import free_port, joint_overrides, micro_overrides
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def torchrun() -> list[str]:
-    """torchrun for two processes on a port that is free now (a fixed port fails when something else holds it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    """torchrun for two processes, its rendezvous on a port that is free now."""
+    return [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this Python")

@@ -39,8 +39,9 @@ def test_selection_is_the_intersection_ranked_within_each_emotion():
     assert select_images(emo2, sem2, groups, 0.2, 0.8, "emo-a").tolist() == [2, 3, 4, 7, 8, 9]
     assert select_images(emo2, sem2, groups, 0.2, 0.8, "sem-c").tolist() == [1, 2, 3, 6, 7, 8]
     assert select_images(emo2, sem2, groups, 0.2, 0.8, "all").tolist() == list(range(10))
-    with pytest.raises(ConfigError, match="η < δ"):
-        select_images(emo, sem, groups, 0.8, 0.2)
+    for eta, delta in ((0.8, 0.2), (0.5, 0.5)):  # an empty window selects nothing: refused, not silently empty
+        with pytest.raises(ConfigError, match="η < δ"):
+            select_images(emo, sem, groups, eta, delta)
     with pytest.raises(ConfigError, match="unknown selection"):
         select_images(emo, sem, groups, 0.2, 0.8, "best")
 

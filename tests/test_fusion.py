@@ -162,6 +162,8 @@ def test_emotion_space_statistics_and_sampling():
     torch.testing.assert_close(draws.std(0), torch.tensor([1.0, 1.0]), atol=0.1, rtol=0)
     same = sample_emotion_space(space, torch.tensor([1] * 2000), torch.Generator().manual_seed(0))["cls"]
     assert torch.equal(draws, same)
+    one = emotion_space({"cls": cls[:3]}, labels[:3], num_classes=2)  # one image of emotion 1: its std is 0
+    torch.testing.assert_close(one["cls_std"][1], torch.zeros(2))
     with pytest.raises(ValueError, match="no training image of emotion index \\[2\\]"):
         emotion_space({"cls": cls}, labels, num_classes=3)
 

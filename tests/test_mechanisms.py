@@ -28,7 +28,9 @@ from uniemo.train.understanding import understanding_loss
 V_S, V_O, K = 5, 4, 8
 
 
-def micro_understanding(seed: int = 0) -> ExpertQueryCLIP:
+def micro_understanding(seed: int = 0, names: tuple[int, int] = (V_S, V_O), **kwargs) -> ExpertQueryCLIP:
+    """A micro expert-query CLIP with ``names`` = (scene, object) names of random unit embeddings; ``kwargs`` go to
+    :class:`ExpertQueryCLIP` (e.g. ``query_mode``)."""
     from transformers import CLIPVisionModel
 
     torch.manual_seed(seed)
@@ -38,11 +40,12 @@ def micro_understanding(seed: int = 0) -> ExpertQueryCLIP:
         attribute_dim=16,
         num_scene_queries=4,
         num_object_queries=3,
-        num_scene_names=V_S,
-        num_object_names=V_O,
+        num_scene_names=names[0],
+        num_object_names=names[1],
+        **kwargs,
     )
-    model.scene_vocab_embeds.copy_(F.normalize(torch.randn(V_S, 16), dim=-1))
-    model.object_vocab_embeds.copy_(F.normalize(torch.randn(V_O, 16), dim=-1))
+    model.scene_vocab_embeds.copy_(F.normalize(torch.randn(names[0], 16), dim=-1))
+    model.object_vocab_embeds.copy_(F.normalize(torch.randn(names[1], 16), dim=-1))
     return model
 
 
@@ -280,19 +283,9 @@ def test_diffusion_loss_noises_the_latents_as_ddpm_does(prediction_type):
 # ---- the model's other paths: α off, no queries, one or no names, the ce condition loss, the bank -------------
 
 
-def micro_model(names: tuple[int, int] = (V_S, V_O), **kwargs) -> UniEmoModel:
-    from transformers import CLIPVisionModel
-
-    torch.manual_seed(0)
-    mode = kwargs.pop("query_mode", "multi_stage")
-    understanding = ExpertQueryCLIP(
-        CLIPVisionModel(architecture_config("micro-clip").vision_config), num_classes=K, attribute_dim=16,
-        query_mode=mode, num_scene_queries=4, num_object_queries=3, num_scene_names=names[0],
-        num_object_names=names[1],
-    )  # fmt: skip
-    understanding.scene_vocab_embeds.copy_(F.normalize(torch.randn(names[0], 16), dim=-1))
-    understanding.object_vocab_embeds.copy_(F.normalize(torch.randn(names[1], 16), dim=-1))
-    model = UniEmoModel(understanding, [32], mapper_hidden=16, **kwargs)
+def micro_model(names: tuple[int, int] = (V_S, V_O), query_mode: str = "multi_stage", **kwargs) -> UniEmoModel:
+    """A UniEmo model on :func:`micro_understanding` with random priors; ``kwargs`` go to :class:`UniEmoModel`."""
+    model = UniEmoModel(micro_understanding(0, names, query_mode=query_mode), [32], mapper_hidden=16, **kwargs)
     model.prior_scene.copy_(torch.rand(names[0], K).softmax(1))
     model.prior_object.copy_(torch.rand(names[1], K).softmax(1))
     return model
@@ -331,7 +324,9 @@ def test_the_ce_condition_loss_reads_c_with_the_frozen_stage1_head_or_its_own(ge
         id(p) for p in [*headed.fusion.parameters(), *headed.condition_head.parameters()]
     }
     assert {id(p) for p in model.generation_parameters()} == {id(p) for p in model.fusion.parameters()}
-    objective = objective_for(pipe, encoder, condition_loss="ce", understanding_weight=0.0, diffusion_weight=0.0)
+    objective = objective_for(
+        pipe, encoder, condition_loss="ce", understanding_weight=0.0, condition_weight=0.3, diffusion_weight=0.0
+    )
     batch = batch_of()
     loss, _ = objective(model, model, batch, torch.Generator().manual_seed(0))
     _, cond = model(batch["pixel_values"], batch["label"])
@@ -406,9 +401,10 @@ def test_sdxl_prompts_are_both_encoders_penultimate_layers_and_l_theta_gets_the_
 
     model = UniEmoModel(micro_understanding(), encoder.condition_dims, mapper_hidden=16)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    cfg = JointConfig(understanding="-", resolution=32, content_prompt=0.0, condition_loss="none")
+    cfg = JointConfig(
+        understanding="-", resolution=32, content_prompt=0.0, condition_loss="none", understanding_weight=0.0
+    )
     objective = JointObjective(encoder, pipe.vae, pipe.unet, scheduler, cfg, LossConfig(), torch.float32)
-    objective.joint.understanding_weight = 0.0
     batch = batch_of()
     _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
@@ -420,3 +416,15 @@ def test_sdxl_prompts_are_both_encoders_penultimate_layers_and_l_theta_gets_the_
     torch.testing.assert_close(parts["loss/diffusion"], theta.detach())
     control = objective.context(None, 2)
     torch.testing.assert_close(control["added"]["text_embeds"], encoder.encode(["", ""])["pooled_prompt_embeds"])
+
+
+def test_a_dataset_without_scene_names_still_trains_the_object_queries():
+    model = micro_understanding(names=(0, V_O))
+    batch = batch_of()
+    out = model(batch["pixel_values"])
+    vocab = {"scene": model.scene_vocab_embeds, "object": model.object_vocab_embeds}
+    loss, parts = understanding_loss(out, batch, vocab, LossConfig(0.5, 0.5, 0.0), 0.07)
+    torch.testing.assert_close(
+        loss, 0.5 * attribute_infonce(out.object_embeds, batch["object_id"], vocab["object"], 0.07)
+    )
+    assert "loss/scene" not in parts

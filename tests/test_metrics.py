@@ -28,6 +28,9 @@ def test_no_sentiment_for_other_label_sets():
     report = classification_report(np.array([0, 1]), np.array([0, 0]), ["calm", "tense"])
     assert report.sentiment_accuracy is None and report.accuracy == 0.5
     assert classification_report(np.array([1, 1, 0]), np.array([1, 1, 1]), ["calm", "tense"]).accuracy == 2 / 3
+    empty = classification_report(np.zeros(0, int), np.zeros(0, int), ["calm", "tense"])  # no image: NaN, no crash
+    assert empty.num_samples == 0 and np.isnan(empty.accuracy) and empty.confusion == [[0, 0], [0, 0]]
+    assert all(type(v) is int for row in empty.confusion for v in row)  # counts, written to JSON as 0, not 0.0
 
 
 def test_label_mapping_reorders_by_name_and_sums_valence():

@@ -80,20 +80,18 @@ def test_every_mode_reports_its_figures_with_intervals_and_passes_the_sampling_s
     pipe, judge = Pipe(), Judge()
     fusion, _ = judge_fusion(pipe, judge, 4, weights=(1.0, 0.25), steps=7)
     assert fusion["first"] == "amusement" and fusion["second"] == "sadness"
-    assert [r["sadness"] for r in fusion["rows"]] == [0.0, 1.0] and [r["weight"] for r in fusion["rows"]] == [
-        1.0,
-        0.25,
-    ]
+    assert [(r["weight"], r["sadness"]) for r in fusion["rows"]] == [(1.0, 0.0), (0.25, 1.0)]
     assert fusion["rows"][0]["amusement_interval"] == wilson_interval(4, 4)
     references = [("a.jpg", "anger")] * 3 + [("b.jpg", "awe")] * 5
     reference, _ = judge_reference(pipe, judge, references, steps=7)
     assert reference["n"] == 8 and reference["interval"] == wilson_interval(3, 8) and reference["chance"] == 1 / 8
-    without = {e: pipe(e, prompt="a house" if e == "awe" else None, num_images=4).images for e in pipe.classes}
-    transfer, images = judge_transfer(pipe, judge, 4, "house", without=without, steps=7)
+    control = Pipe()  # the images without the prompt, where awe happens to draw its house half of the time
+    without = {e: control(e, prompt="a house" if e == "awe" else None, num_images=4).images for e in pipe.classes}
+    transfer, _ = judge_transfer(pipe, judge, 4, "house", without=without, steps=7)
     assert transfer["content"] == "house" and transfer["content_interval"] == wilson_interval(16, 32)
     assert transfer["content_share_without"] == 2 / 32  # the control's houses, counted as houses
     assert transfer["content_interval_without"] == wilson_interval(2, 32)
     emotions, _ = judge_emotions(pipe, judge, 2, steps=7)
     assert emotions["emo_a"] == 1.0 and emotions["n"] == 16
-    calls = pipe.settings
-    assert len(calls) == 2 + 1 + 8 + 8 + 8 and all(c == {"steps": 7} for i, c in enumerate(calls) if not 3 <= i < 11)
+    # fusion 2 calls, reference 1, transfer 8, emotions 8: every one with the sampling settings given
+    assert pipe.settings == [{"steps": 7}] * (2 + 1 + 8 + 8)

@@ -106,6 +106,7 @@ def emotion_condition(pipe: UniEmoPipeline, emotion: str, seed: int) -> torch.Te
 
 def test_emotion_conditions_are_each_images_draw_fused_by_the_weights(pipe):
     got = pipe.emotion_conditions({"amusement": 0.25, "sadness": 0.75}, num_images=2, seed=3)
+    assert not got.requires_grad  # generation builds no autograd graph
     for i in range(2):
         expected = 0.25 * emotion_condition(pipe, "amusement", 3 + i) + 0.75 * emotion_condition(
             pipe, "sadness", 3 + i
@@ -128,6 +129,7 @@ def test_reference_condition_is_the_reference_images_own_features(pipe):
     conditions = []
     for image in images:
         c, read = pipe.reference_condition(image)
+        assert not c.requires_grad
         with torch.no_grad():
             out = pipe.model.understanding(pipe.transform(image).unsqueeze(0))
             emotion = out.logits.argmax(-1)
@@ -228,6 +230,11 @@ def test_reference_mode_images_carry_the_references_condition(pipe, tmp_path):
     single = pipe(reference=paths[1], num_images=1, seed=4)
     assert_same_images(single.images, by_hand(pipe, conditions[1][0], "a photo that feels <emotion>", seed=4))
     assert single.settings["reference"] == str(paths[1]) and single.settings["read"] == conditions[1][1]
+    with Image.open(paths[0]) as image:  # an image given in memory is recorded as such, alone or in a list
+        assert pipe(reference=image, steps=1).settings["reference"] == "<image>"
+        assert pipe(reference=[image, paths[1]], steps=1).settings["reference"] == ["<image>", str(paths[1])]
+    # the diffusion model's own sampler is recorded by its class, so that settings.json reproduces the images
+    assert pipe("awe", steps=1, scheduler="model").settings["scheduler"] == type(pipe.diffusion.scheduler).__name__
 
 
 def test_bad_requests_are_config_errors(pipe):

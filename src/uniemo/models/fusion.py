@@ -64,7 +64,6 @@ def attribute_distribution(
     return (embeds @ vocab_embeds.to(embeds.dtype).T / temperature).float().softmax(dim=-1)
 
 
-@torch.no_grad()
 def correlation_coefficient(
     distribution: torch.Tensor, prior: torch.Tensor, emotions: torch.Tensor, mode: str = "soft"
 ) -> torch.Tensor:
@@ -78,12 +77,13 @@ def correlation_coefficient(
     Returns:
         (B,) α.
     """
-    emotion_columns = prior[:, emotions].T.to(distribution.dtype)  # (B, V): P(e*_b | a)
-    if mode == "soft":
-        return (distribution * emotion_columns).sum(dim=-1)
-    if mode == "hard":
-        return emotion_columns.gather(1, distribution.argmax(dim=-1, keepdim=True)).squeeze(1)
-    raise ValueError(f"alpha mode must be 'soft' or 'hard', got {mode!r}")
+    with torch.no_grad():
+        emotion_columns = prior[:, emotions].T.to(distribution.dtype)  # (B, V): P(e*_b | a)
+        if mode == "soft":
+            return (distribution * emotion_columns).sum(dim=-1)
+        if mode == "hard":
+            return emotion_columns.gather(1, distribution.argmax(dim=-1, keepdim=True)).squeeze(1)
+        raise ValueError(f"alpha mode must be 'soft' or 'hard', got {mode!r}")
 
 
 class PriorHead(nn.Sequential):
@@ -119,13 +119,13 @@ def train_prior_head(
     return head.eval()
 
 
-@torch.no_grad()
 def classifier_prior(head: PriorHead, text_embeds: torch.Tensor) -> torch.Tensor:
     """P(· | a) = softmax(h(t_a)) for each attribute name's L2-normalised CLIP text embedding (V, d) → (V, K).
 
     CLIP puts images and texts in one space, so h, trained on images, reads the emotion a name evokes.
     """
-    return head(F.normalize(text_embeds.float(), dim=-1)).softmax(dim=-1)
+    with torch.no_grad():
+        return head(F.normalize(text_embeds.float(), dim=-1)).softmax(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -208,37 +208,37 @@ class UniEmoPipeline:
                 "a reference image still works"
             )
 
-    @torch.no_grad()
     def emotion_conditions(
         self, weights: Mapping[str, float], num_images: int, seed: int, diversity: float = 1.0
     ) -> torch.Tensor:
         """c for each image (N, Σ d_c): per image, one sample of the emotion space per weighted emotion
         (generator seeded by seed + image index), fused as Σ w_k c_k."""
-        self._require_space()
-        names = list(weights)
-        ids = torch.tensor([self.classes.index(n) for n in names], device=self.device)
-        w = torch.tensor([weights[n] for n in names], device=self.device)
-        out = []
-        for i in range(num_images):
-            # The same draw for every emotion of the mix (a generator per emotion, seeded alike), so weights
-            # (1, 0) give exactly the single emotion's image and intermediate weights move between them.
-            parts = []
-            for k in ids.cpu():
-                feats = self.model.sample_features(k.view(1), torch.Generator().manual_seed(seed + i), diversity)
-                parts.append({name: v.to(self.device) for name, v in feats.items()})
-            feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}  # each (E, D)
-            conditions = self.model.condition(feats, ids)  # (E, Σ d_c)
-            out.append(w @ conditions)
-        return torch.stack(out)
+        with torch.no_grad():
+            self._require_space()
+            names = list(weights)
+            ids = torch.tensor([self.classes.index(n) for n in names], device=self.device)
+            w = torch.tensor([weights[n] for n in names], device=self.device)
+            out = []
+            for i in range(num_images):
+                # The same draw for every emotion of the mix (a generator per emotion, seeded alike), so weights
+                # (1, 0) give exactly the single emotion's image and intermediate weights move between them.
+                parts = []
+                for k in ids.cpu():
+                    feats = self.model.sample_features(k.view(1), torch.Generator().manual_seed(seed + i), diversity)
+                    parts.append({name: v.to(self.device) for name, v in feats.items()})
+                feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}  # each (E, D)
+                conditions = self.model.condition(feats, ids)  # (E, Σ d_c)
+                out.append(w @ conditions)
+            return torch.stack(out)
 
-    @torch.no_grad()
     def reference_condition(self, image: Image.Image | str | Path) -> tuple[torch.Tensor, str]:
         """c (1, Σ d_c) from a reference image's own (cls, s, o); α for the emotion the model reads in it."""
         pil = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
-        out = self.model.understanding(self.transform(pil).unsqueeze(0).to(self.device))
-        emotion = out.logits.argmax(-1)
-        feats = {"cls": out.cls, "scene": out.scene, "object": out.object}
-        return self.model.condition(feats, emotion), self.classes[int(emotion)]
+        with torch.no_grad():
+            out = self.model.understanding(self.transform(pil).unsqueeze(0).to(self.device))
+            emotion = out.logits.argmax(-1)
+            feats = {"cls": out.cls, "scene": out.scene, "object": out.object}
+            return self.model.condition(feats, emotion), self.classes[int(emotion)]
 
     def _negative(self, negative_prompt: str) -> dict[str, torch.Tensor]:
         """The negative prompt's embeddings for one image (the text encoder is frozen, so they are kept: the same
@@ -299,7 +299,6 @@ class UniEmoPipeline:
             ) from None
         return text
 
-    @torch.no_grad()
     def __call__(
         self,
         emotion: str | Sequence[str] | Mapping[str, float] | None = None,
@@ -371,7 +370,7 @@ class UniEmoPipeline:
         side = size or self.resolution
         settings["size"] = side
         images: list[Image.Image] = []
-        with self._scheduler(scheduler):
+        with self._scheduler(scheduler), torch.no_grad():  # the conditions come from no-grad methods too
             for start in range(0, num_images, batch_size):
                 chunk = conditions[start : start + batch_size]
                 n = len(chunk)

@@ -675,12 +675,12 @@ class JointObjective:
         parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
         return loss, parts
 
-    @torch.no_grad()
     def latents(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Scaled VAE latents (B, C, h, h) of diffusion-view pixels (B, 3, R, R) in [-1, 1], sampled from ``gen``."""
-        device = next(self.vae.parameters()).device
-        dist = self.vae.encode(pixels.to(device, dtype=self.weight_dtype)).latent_dist
-        return dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
+        with torch.no_grad():
+            device = next(self.vae.parameters()).device
+            dist = self.vae.encode(pixels.to(device, dtype=self.weight_dtype)).latent_dist
+            return dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
 
     def contents(self, batch: dict[str, Any], gen: torch.Generator) -> list[str | None]:
         """Per image, with probability ``joint.content_prompt``, the words naming its annotated scene and object
