@@ -46,7 +46,7 @@ lint: $(BIN)/uniemo
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Mutation testing of the mechanism functions (tests/mutate.py; README, "Development"): about 13 minutes on 2 CPU
+# Mutation testing of the mechanism functions (tests/mutate.py; README, "Development"): about 16 minutes on 2 CPU
 # cores, not part of `make test`. The survivors are listed in mutants/report.md; `mutmut show NAME` prints one.
 mutate: $(BIN)/uniemo
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install --quiet -e ".[mutate]"
