@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uniemo.models.factory import STANDIN, standin_path
-from uniemo.train.base import BaseConfig, caption_of, train_base
+from uniemo.train.base import BaseConfig, caption_of, draw_timesteps, train_base
 
 
 def test_captions_name_scene_objects_and_palette_never_the_emotion():
@@ -19,6 +19,17 @@ def test_captions_name_scene_objects_and_palette_never_the_emotion():
 
     words = " ".join(caption_of(s, (o,), p) for s in SCENES for o in OBJECTS for p in PALETTES).split()
     assert not set(words) & set(EMOSET_EMOTIONS)
+
+
+def test_high_noise_share_draws_that_share_from_the_noisiest_timesteps():
+    def share_high(share):
+        t = draw_timesteps(20_000, 1000, share, torch.Generator().manual_seed(0))
+        assert t.min() >= 0 and t.max() <= 999
+        return (t >= 600).float().mean().item()
+
+    assert share_high(0.0) == pytest.approx(0.4, abs=0.015)  # uniform
+    assert share_high(0.5) == pytest.approx(0.5 + 0.5 * 0.4, abs=0.015)
+    assert share_high(1.0) == 1.0
 
 
 def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_path):
@@ -37,6 +48,29 @@ def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_p
     torch.testing.assert_close(
         pipe.text_encoder.get_input_embeddings().weight, clip.text_model.get_input_embeddings().weight
     )
+
+    # --text-steps gives SD a text encoder of its own (the CLIP stays); a continuation keeps SD's own encoder
+    def q_weight(directory):
+        from transformers import CLIPTextModel
+
+        state = CLIPTextModel.from_pretrained(directory, dtype=torch.float32).state_dict()
+        return next(v for k, v in state.items() if k.endswith("layers.0.self_attn.q_proj.weight"))
+
+    clip_q = clip.text_model.encoder.layers[0].self_attn.q_proj.weight
+    tuned = BaseConfig(
+        clip_batch=8, text_steps=2, text_lr=1e-2, unet_steps=1, unet_batch=4, init=str(tmp_path / "base")
+    )
+    info = train_base(synth_dir, tmp_path / "tuned", tuned)
+    assert info["text_encoder"]["steps"] == 2
+    own = q_weight(tmp_path / "tuned" / "sd" / "text_encoder")
+    assert (own - clip_q).abs().max() > 1e-3
+    clip_after = CLIPModel.from_pretrained(tmp_path / "tuned" / "clip", dtype=torch.float32)
+    torch.testing.assert_close(clip_after.text_model.encoder.layers[0].self_attn.q_proj.weight, clip_q)
+    info = train_base(
+        synth_dir, tmp_path / "again", BaseConfig(unet_steps=1, unet_batch=4, init=str(tmp_path / "tuned"))
+    )
+    assert info["text_encoder"]["steps"] == 2 and info["unet"]["steps"] == 4
+    torch.testing.assert_close(q_weight(tmp_path / "again" / "sd" / "text_encoder"), own)
 
 
 def test_the_shipped_stand_in_loads_and_generates():

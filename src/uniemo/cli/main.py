@@ -99,6 +99,9 @@ def cmd_train_base(args: argparse.Namespace) -> int:
         vae_steps=args.vae_steps,
         unet_steps=args.unet_steps,
         unet_lr=args.unet_lr,
+        text_steps=args.text_steps,
+        text_lr=args.text_lr,
+        high_noise_share=args.high_noise_share,
         threads=args.threads,
         init=args.continue_from,
     )
@@ -402,10 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unet-steps", type=int, default=4000, help="UNet steps (default 4000)")
     t.add_argument("--unet-lr", type=float, default=4e-4, help="UNet peak learning rate (default 4e-4)")
     t.add_argument(
+        "--high-noise-share",
+        type=float,
+        default=0.0,
+        help="share of each UNet batch drawn from the noisiest 40 %% of the timesteps (default 0: uniform)",
+    )
+    t.add_argument(
+        "--text-steps",
+        type=int,
+        default=0,
+        help="SD's text encoder: a copy of the CLIP trained this many steps on hard negatives (default 0: the "
+        "CLIP's text tower, or the continued stand-in's own encoder)",
+    )
+    t.add_argument("--text-lr", type=float, default=3e-4, help="its peak learning rate (default 3e-4)")
+    t.add_argument(
         "--continue-from",
         default=None,
         metavar="DIR",
-        help="keep this stand-in's CLIP and VAE and train its UNet --unet-steps more",
+        help="keep this stand-in's CLIP, VAE and SD text encoder and train its UNet --unet-steps more",
     )
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.set_defaults(func=cmd_train_base)
