@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uniemo.models.factory import STANDIN, standin_path
-from uniemo.train.base import BaseConfig, caption_of, draw_timesteps, train_base
+from uniemo.train.base import BaseConfig, caption_of, draw_timesteps, hard_negative_batch, train_base
 
 
 def test_captions_name_scene_objects_and_palette_never_the_emotion():
@@ -30,6 +30,21 @@ def test_high_noise_share_draws_that_share_from_the_noisiest_timesteps():
     assert share_high(0.0) == pytest.approx(0.4, abs=0.015)  # uniform
     assert share_high(0.5) == pytest.approx(0.5 + 0.5 * 0.4, abs=0.015)
     assert share_high(1.0) == 1.0
+
+
+def test_hard_negative_batches_are_groups_that_only_the_objects_tell_apart():
+    rng = np.random.default_rng(0)
+    parts = [(s, (o,), p) for s in ("beach", "lake") for p in ("sunny", "stormy") for o in ("tent", "car", "boat")] * 3
+    groups = {}
+    for i, (scene, _, palette) in enumerate(parts):
+        groups.setdefault((palette, scene), []).append(i)
+    idx = hard_negative_batch(groups, 16, rng)
+    assert len(idx) == 16 and len(set(idx.tolist())) == 16
+    quads = [idx[k : k + 4] for k in range(0, 16, 4)]
+    assert len({(parts[q[0]][2], parts[q[0]][0]) for q in quads}) == 4  # four different groups
+    for quad in quads:  # one palette and scene per group, so only the objects differ
+        assert len({(parts[i][2], parts[i][0]) for i in quad}) == 1
+        assert len({parts[i][1] for i in quad}) > 1
 
 
 def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_path):

@@ -23,6 +23,7 @@ Weights are stored in float16 (so that the shipped copy stays under 20 MB); the 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -191,6 +192,14 @@ def train_clip(cfg: BaseConfig, images: torch.Tensor, parts: list[tuple], tokeni
     }
 
 
+def hard_negative_batch(groups: dict[tuple, list[int]], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``size / 4`` distinct groups (here: images sharing palette and scene) with up to 4 distinct images
+    each, group after group."""
+    keys = sorted(groups, key=str)
+    chosen = rng.choice(len(keys), size=min(len(keys), max(1, size // 4)), replace=False)
+    return np.concatenate([rng.choice(groups[keys[k]], min(4, len(groups[keys[k]])), replace=False) for k in chosen])
+
+
 def train_text_encoder(
     cfg: BaseConfig, clip: Any, images: torch.Tensor, parts: list[tuple], tokenizer: Any
 ) -> tuple[Any, dict]:
@@ -201,23 +210,17 @@ def train_text_encoder(
     positive. The CLIP's own contrastive training lets palette and scene decide (its object words stay close:
     cosine 0.97 between the end-of-text states of captions that differ only in the object, 0.35 for the scene),
     so a UNet conditioned on it can hardly be told which object to draw. ``clip`` itself is left as it is."""
-    import copy
-
     from transformers import CLIPTextModel
 
     model = copy.deepcopy(clip).train()
     groups: dict[tuple, list[int]] = {}
     for i, (scene, _, palette) in enumerate(parts):
         groups.setdefault((palette, scene), []).append(i)
-    keys = sorted(groups, key=str)
     rng = np.random.default_rng(cfg.seed + 3)
     opt, sched = _adamw(model.parameters(), cfg.text_lr, cfg.text_steps)
     start, loss = time.perf_counter(), torch.tensor(0.0)
     for step in range(1, cfg.text_steps + 1):
-        chosen = rng.choice(len(keys), size=min(len(keys), max(1, cfg.clip_batch // 4)), replace=False)
-        idx = np.concatenate(
-            [rng.choice(groups[keys[k]], size=min(4, len(groups[keys[k]])), replace=False) for k in chosen]
-        )
+        idx = hard_negative_batch(groups, cfg.clip_batch, rng)
         texts = [caption_of(*parts[i]) if rng.random() < 0.5 else _partial_caption(parts[i], rng) for i in idx]
         pixels = images[torch.from_numpy(idx)]
         if rng.random() < 0.5:
@@ -347,14 +350,14 @@ def _clip_images(paths: list[Path]) -> torch.Tensor:
 
 
 def _sd_text_encoder(
-    cfg: BaseConfig, clip: Any, paths: list[Path], parts: list[tuple], tokenizer: Any, earlier: dict
+    cfg: BaseConfig, clip: Any, clip_images: torch.Tensor | None, parts: list[tuple], tokenizer: Any, earlier: dict
 ) -> tuple[Any, dict]:
     """SD's text encoder and its record: trained on hard negatives (``cfg.text_steps`` > 0), else the continued
     stand-in's own, else the CLIP's text tower."""
     from transformers import CLIPTextModel
 
     if cfg.text_steps:
-        return train_text_encoder(cfg, clip, _clip_images(paths), parts, tokenizer)
+        return train_text_encoder(cfg, clip, clip_images, parts, tokenizer)
     if cfg.init:
         directory = Path(cfg.init) / "sd" / "text_encoder"
         encoder = CLIPTextModel.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)
@@ -384,6 +387,8 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     tokenizer = clip_tokenizer()
     images = _load_images(paths, cfg.image_size)
     unet_init, earlier = None, {}
+    # the CLIP's view of the images, for the CLIP and the hard-negative text encoder (read once, only if needed)
+    clip_images = _clip_images(paths) if not cfg.init or cfg.text_steps else None
     if cfg.init:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPModel
@@ -407,7 +412,7 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         with torch.no_grad():
             raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
     else:
-        clip, clip_info = train_clip(cfg, _clip_images(paths), parts, tokenizer)
+        clip, clip_info = train_clip(cfg, clip_images, parts, tokenizer)
         vae, vae_info = train_vae(cfg, images)
         with torch.no_grad():
             raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
@@ -415,7 +420,8 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         vae.register_to_config(scaling_factor=scaling)
     latents = raw * scaling
 
-    text_encoder, text_info = _sd_text_encoder(cfg, clip, paths, parts, tokenizer, earlier)
+    text_encoder, text_info = _sd_text_encoder(cfg, clip, clip_images, parts, tokenizer, earlier)
+    del clip_images
     text_encoder.eval().requires_grad_(False)
     unique = sorted(set(captions)) + [""]
     lookup = {c: i for i, c in enumerate(unique)}
