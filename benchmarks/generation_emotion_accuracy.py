@@ -2,6 +2,7 @@
 
     python benchmarks/generation_emotion_accuracy.py [--steps 300] [--per-emotion 50] [--seeds 0 1]
         [--variants full paper supcon ce no-alpha textual-inversion] [--out runs/bench-generation]
+        [--set joint.mapper_lr=1e-2 …]   # overrides applied to every joint row (a controlled comparison)
 
 On the built-in dataset with the shipped stand-in Stable Diffusion, from one stage-1 model (the demo's: tiny config,
 400 steps), each row is a joint run of ``--steps`` steps (configs/tiny-joint.yaml, the default settings) with one
@@ -133,6 +134,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/bench-generation")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides applied to every joint row"
+    )
     args = parser.parse_args()
 
     from uniemo.config import JointRunConfig, load_config, resolve_config_path
@@ -170,6 +174,7 @@ def main() -> int:
                 f"optim.max_steps={args.steps}",
                 f"seed={seed}",
                 *VARIANTS[name],
+                *args.set,
             ]
             start = time.perf_counter()
             if name == "textual-inversion":

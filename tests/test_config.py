@@ -40,7 +40,7 @@ def test_every_config_loads(path):
             assert cfg.joint.condition_norm == "none" and cfg.joint.content_prompt == 0
         else:
             assert weights == (0.3, 0.3, 1.0) and cfg.joint.condition_loss == "none"
-            assert cfg.joint.condition_norm == "token" and cfg.joint.content_prompt == 0.5
+            assert cfg.joint.condition_norm == "token" and cfg.joint.content_prompt == 0
         with pytest.raises(ConfigError, match="stage-2 \\(joint\\) config: use it with `uniemo train joint`"):
             load_config(path)
         return

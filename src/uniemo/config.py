@@ -195,9 +195,9 @@ class JointConfig:
             token embeddings, so that it enters the text encoder where its inputs live; ``none`` leaves c as mapped
             (the paper; measured: ‖c‖ reaches 30× the token norm).
         content_prompt: the share of training prompts that name the image's annotated scene and object before the
-            placeholder ("a forest with a tent, <emotion>", as emotion transfer writes a prompt), so that c learns to
-            carry what the content words leave out (default 0.5: emotion transfer onto "a house" kept the target's
-            valence in 85 % of the images instead of 60 %); 0: the template alone (the paper).
+            placeholder ("a forest with a tent, <emotion>", as emotion transfer writes a prompt). Default 0: the
+            template alone (the paper). Measured on the stand-in whose text encoder reads objects: at 0.5 c carried
+            the palette only (shuffled − own L(θ) 0.0012, Emo-A 27 %), at 0 the scene and object too (0.013, 52 %).
         space_bank: M, real (cls, s, o) feature sets of training images kept per emotion; generation then samples
             one of them instead of the paper's per-emotion diagonal Gaussian (0).
         sampling_steps / sampling_guidance / sampling_scheduler: the sampling defaults the checkpoint carries
@@ -230,7 +230,7 @@ class JointConfig:
     diagnostic_images: int = 64
     diagnostic_draws: int = 4
     condition_norm: Literal["none", "token"] = "token"
-    content_prompt: float = 0.5
+    content_prompt: float = 0.0
     space_bank: int = 0
     sampling_steps: int | None = None
     sampling_guidance: float | None = None
