@@ -141,7 +141,8 @@ def test_generate_cli(joint_run, tmp_path):
     # test, test_pipeline_modes.py, checks the prompt against no prompt)
     r = uniemo(
         "generate", "--checkpoint", joint_run, "--emotion", "amusement=0.5", "--emotion", "awe=0.5",
-        "--prompt", "a boat", "--num-images", 1, "--steps", 2, "--guidance", 30, "--seed", 7, "--out", tmp_path / "other",
+        "--prompt", "a boat", "--num-images", 1, "--steps", 2, "--guidance", 30, "--seed", 7,
+        "--out", tmp_path / "other",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     with Image.open(out / "amusement-awe_000.png") as a, Image.open(tmp_path / "other" / "amusement-awe_000.png") as b:
