@@ -454,6 +454,8 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     with atomic_directory(out) as tmp:
         _save_half(clip, tmp / "clip")
         save_clip_tokenizer(tmp / "clip")
+        for name in ("vae", "unet"):  # a continuation's parts were loaded from a path: keep it out of the files
+            getattr(pipe, name).register_to_config(_name_or_path=f"uniemo-standin/sd/{name}")
         pipe.to(torch.float16)
         pipe.save_pretrained(tmp / "sd")
         pipe.to(torch.float32)
