@@ -153,7 +153,9 @@ def test_transfer_prompt_and_reference_change_what_the_unet_sees(standin_joint, 
     pipe = UniEmoPipeline.from_pretrained(run)
     plain = pipe("awe", num_images=2, steps=4, seed=0)
     house = pipe("awe", prompt="a house", num_images=2, steps=4, seed=0)
-    assert house.settings["text"] == "a house, <emotion>"
+    assert house.settings["text"] == "<emotion>, a house"  # the checkpoint's transfer template
+    pipe.meta.pop("transfer_template")  # a checkpoint written before it was carried
+    assert pipe.prompt_for("a house") == "a house, <emotion>"
     a, b = (np.stack([np.asarray(im, dtype=np.int16) for im in out.images]) for out in (plain, house))
     assert np.abs(a - b).mean() > 2  # the content words change the images, not only settings.json
     samples = open_dataset(synth_dir).split("test")
@@ -172,8 +174,9 @@ def test_transfer_prompt_and_reference_change_what_the_unet_sees(standin_joint, 
 
 
 def test_content_prompts_name_the_images_scene_and_object(synth_dir, standin_stage1, tmp_path):
-    """With ``joint.content_prompt`` the training prompt is "<content>, <emotion>" — the form emotion transfer
-    generates with — for that share of the images; without it, the placeholder alone."""
+    """With ``joint.content_prompt`` the training prompt joins the content and the placeholder by
+    ``joint.transfer_template`` — the form emotion transfer generates with — for that share of the images; without
+    it, the placeholder alone."""
     from diffusers import DDPMScheduler
 
     from uniemo.train.joint import JointObjective, build_joint_model, content_words
@@ -197,6 +200,10 @@ def test_content_prompts_name_the_images_scene_and_object(synth_dir, standin_sta
     contents = objective.contents(batch, torch.Generator().manual_seed(0))
     assert contents == ["a forest with a tent", None]
     c = torch.randn(2, sum(start.encoder.condition_dims)) * 0.1
+    got = objective.context(c, 2, contents)["prompt_embeds"]
+    want = start.encoder.encode(["<emotion>, a forest with a tent", "<emotion>"], c)["prompt_embeds"]
+    torch.testing.assert_close(got, want)
+    cfg.joint.transfer_template = "{content}, {placeholder}"  # the other order is another prompt
     got = objective.context(c, 2, contents)["prompt_embeds"]
     want = start.encoder.encode(["a forest with a tent, <emotion>", "<emotion>"], c)["prompt_embeds"]
     torch.testing.assert_close(got, want)

@@ -60,7 +60,7 @@ def test_fusion_weights(pipe):
 
 def test_transfer_reference_and_schedulers(pipe, synth_dir):
     out = pipe("contentment", prompt="a bench", num_images=1, steps=2, scheduler="euler-a")
-    assert out.settings["text"] == "a bench, <emotion>" and out.settings["scheduler"] == "euler-a"
+    assert out.settings["text"] == "<emotion>, a bench" and out.settings["scheduler"] == "euler-a"
     assert type(pipe.diffusion.scheduler).__name__ == "DDPMScheduler"  # restored afterwards
     image = next((synth_dir / "image").rglob("*.jpg"))
     ref = pipe(reference=image, prompt="a cup", num_images=2, steps=2)

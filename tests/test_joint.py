@@ -195,6 +195,8 @@ def test_joint_config_errors(synth_dir, trained_run, tmp_path):
         train_joint(load_config(None, [f"data.root={synth_dir}", f"output_dir={tmp_path}"], JointRunConfig))
     with pytest.raises(ConfigError, match="joint.template"):
         train_joint(_config(synth_dir, trained_run, tmp_path / "t", "joint.template=no-slot"))
+    with pytest.raises(ConfigError, match="joint.transfer_template must hold"):
+        train_joint(_config(synth_dir, trained_run, tmp_path / "t", "joint.transfer_template={content} only"))
     with pytest.raises(ConfigError, match="unknown config key 'joint.alpah'"):
         _config(synth_dir, trained_run, tmp_path / "t", "joint.alpah=soft")
     with pytest.raises(ConfigError, match="condition_loss"):

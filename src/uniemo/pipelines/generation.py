@@ -279,19 +279,27 @@ class UniEmoPipeline:
             self.diffusion.scheduler = original
 
     def prompt_for(self, prompt: str | None) -> str:
-        """The prompt the text encoder sees: the training template without content, else ``"<content>, <ph>"``
-        (a prompt that already holds the placeholder is kept as it is).
+        """The prompt the text encoder sees: the training template without content, else the content and the
+        placeholder joined by the checkpoint's transfer template (``"<ph>, <content>"`` by default, ``"<content>,
+        <ph>"`` for checkpoints written before it was carried); a prompt that already holds the placeholder is kept
+        as it is.
 
         Raises:
-            ConfigError: the placeholder would not be in the encoded prompt exactly once (too long, or repeated).
+            ConfigError: the prompt is longer than the text encoder reads (77 tokens; its end would be cut off, the
+                placeholder too when it comes last), or holds the placeholder more than once.
         """
         if not prompt:
             text = self.meta.get("template", "{}").format(self.placeholder)
         else:
-            text = prompt if self.placeholder in prompt else f"{prompt}, {self.placeholder}"
+            joined = self.meta.get("transfer_template", "{content}, {placeholder}")
+            own = self.placeholder in prompt
+            text = prompt if own else joined.format(content=prompt, placeholder=self.placeholder)
         try:
             for injector in self.encoder.injectors:
                 injector.tokenize([text])
+                tokenizer = injector.tokenizer
+                if len(tokenizer(text).input_ids) > tokenizer.model_max_length:  # the end would be cut off
+                    raise ValueError(text)
         except ValueError:
             raise ConfigError(
                 f"the prompt must leave room for {self.placeholder} (77 tokens in all) and hold it at most once: "

@@ -311,6 +311,10 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         raise ConfigError(f"joint.content_prompt is a share of the training prompts (0 to 1), got {j.content_prompt}")
     if j.template.count("{}") != 1:
         raise ConfigError(f"joint.template must hold '{{}}' (where the placeholder goes) once, got {j.template!r}")
+    if any(j.transfer_template.count(f"{{{k}}}") != 1 for k in ("content", "placeholder")):
+        raise ConfigError(
+            f"joint.transfer_template must hold {{content}} and {{placeholder}} once each, got {j.transfer_template!r}"
+        )
     out_dir = Path(cfg.output_dir)
     last_dir = recover_directory(out_dir / "last")
     if resume and not (last_dir / "training_state.json").is_file():
@@ -432,6 +436,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         "resolution": j.resolution,
         "placeholder": j.placeholder,
         "template": j.template,
+        "transfer_template": j.transfer_template,
         "prior": counters["prior"],
         "condition_loss": j.condition_loss,
         "sampling": _sampling_defaults(j, start.joint_meta),
@@ -697,14 +702,18 @@ class JointObjective:
         self, condition: torch.Tensor | None, n: int, contents: list[str | None] | None = None
     ) -> dict[str, Any]:
         """The UNet's conditioning for ``n`` images: the training prompt with c (N, Σ d_c) in the placeholder's
-        place — ``"<content>, <placeholder>"`` where ``contents`` names content (as the pipeline's emotion transfer
-        writes it), else the template — or, with ``condition=None``, the empty prompt (the diagnostic's control)."""
+        place — content and placeholder joined by ``joint.transfer_template`` where ``contents`` names content (as
+        the pipeline's emotion transfer joins them), else the template — or, with ``condition=None``, the empty
+        prompt (the diagnostic's control)."""
         j = self.joint
         if condition is None:
             text = self.encoder.encode([""] * n)
         else:
             plain = j.template.format(j.placeholder)
-            prompts = [f"{c}, {j.placeholder}" if c else plain for c in (contents or [None] * n)]
+            joined = j.transfer_template
+            prompts = [
+                joined.format(content=c, placeholder=j.placeholder) if c else plain for c in contents or [None] * n
+            ]
             text = self.encoder.encode(prompts, condition.to(self.weight_dtype))
         context: dict[str, Any] = {"prompt_embeds": text["prompt_embeds"], "added": None}
         if self.encoder.is_xl:
