@@ -56,9 +56,9 @@ def train_textual_inversion(cfg: Any, steps: int, lr: float = 5e-3, init_word: s
     from uniemo.data.datasets import EmotionImageDataset, open_dataset
     from uniemo.data.transforms import ClipTransform
     from uniemo.models.diffusion import load_stable_diffusion
-    from uniemo.models.uniemo import PromptEncoder
+    from uniemo.models.placeholder import PromptEncoder
     from uniemo.train.joint import JointObjective
-    from uniemo.train.understanding import training_loader
+    from uniemo.train.loop import training_loader
 
     torch.manual_seed(cfg.seed)
     pipe = load_stable_diffusion(cfg.joint.diffusion, seed=cfg.seed)

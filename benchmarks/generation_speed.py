@@ -36,8 +36,9 @@ def build(size: str):
 
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import load_clip_vision
+    from uniemo.models.placeholder import PromptEncoder
     from uniemo.models.understanding import ExpertQueryCLIP
-    from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+    from uniemo.models.uniemo import UniEmoModel
     from uniemo.pipelines.generation import UniEmoPipeline
 
     clip, diffusion, side, _, _ = SIZES[size]

@@ -91,7 +91,7 @@ def main() -> int:
         return flops / seconds / (peak * 1e12) if peak else None
 
     from uniemo.models.diffusion import load_stable_diffusion
-    from uniemo.models.uniemo import PromptEncoder
+    from uniemo.models.placeholder import PromptEncoder
 
     report: dict = {"benchmark": "gpu_check", "device": name, "peak_tflops": peak, "tiny": args.tiny, **env}
     t0 = time.perf_counter()
@@ -181,7 +181,7 @@ def stage1_check(shapes: dict, tools: dict, batch: int, iters: int) -> dict:
     import torch
 
     from uniemo.config import LossConfig
-    from uniemo.train.understanding import understanding_loss
+    from uniemo.losses import understanding_loss
 
     model = _understanding_model(shapes).train()
     data = _batch(shapes, batch, model.image_size)

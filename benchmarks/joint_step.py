@@ -44,8 +44,9 @@ def build(size: str):
     from uniemo.config import JointConfig, LossConfig
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import architecture_config, is_architecture_name, load_clip_vision
+    from uniemo.models.placeholder import PromptEncoder
     from uniemo.models.understanding import ExpertQueryCLIP
-    from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+    from uniemo.models.uniemo import UniEmoModel
     from uniemo.train.joint import JointObjective
 
     clip, diffusion, resolution, batch, queries, hidden = SIZES[size]
@@ -93,9 +94,7 @@ def measure(size: str, reps: int, checkpointing: bool = False) -> dict:
     import torch
 
     from timing import alternate, fmt, ratio_spread, spread
-    from uniemo.losses import supervised_contrastive
-    from uniemo.models.diffusion import diffusion_loss
-    from uniemo.train.understanding import understanding_loss
+    from uniemo.losses import diffusion_loss, supervised_contrastive, understanding_loss
 
     model, pipe, encoder, objective, data, noise = build(size)
     model.train()
@@ -142,7 +141,8 @@ def measure(size: str, reps: int, checkpointing: bool = False) -> dict:
     context.requires_grad_(True)
 
     def vision_branch():
-        out, c = model(data["pixel_values"], data["label"])
+        forward = model(data["pixel_values"], data["label"])
+        out, c = forward.understanding, forward.condition
         loss, _ = understanding_loss(out, data, vocab, objective.weights, 0.07)
         (loss + supervised_contrastive(c, data["label"], 0.07)).backward()
         model.zero_grad(set_to_none=True)

@@ -33,7 +33,7 @@ MUTANTS = REPO / "mutants"
 #: properties and context managers among them (``sampling_defaults``, ``_scheduler``, ``PlaceholderInjector.inject``)
 #: are not mutated.
 MECHANISMS = [
-    # L_S / L_O (InfoNCE against the names) and SupCon (METHOD §2, §4)
+    # L_U = ce·L_CE + scene·L_S + object·L_O, L_S / L_O (InfoNCE against the names), L_cond (METHOD §2, §4)
     "uniemo.losses.*",
     # the expert-query model: queries entering at their stages, Interactive Blocks, heads (METHOD §2)
     "uniemo.models.understanding.x_default_stage_layers*",
@@ -41,24 +41,23 @@ MECHANISMS = [
     "uniemo.models.understanding.xǁExpertQueryCLIPǁ_refine*",
     "uniemo.models.understanding.xǁExpertQueryCLIPǁ_run_layer*",
     "uniemo.models.understanding.xǁInteractiveBlockLayerǁforward*",
-    # L_U = ce·L_CE + scene·L_S + object·L_O
-    "uniemo.train.understanding.x_understanding_loss*",
     # priors, α, mappers, fusion, the emotion space, placeholder injection (METHOD §3–§5)
-    "uniemo.models.fusion.x_*",
-    "uniemo.models.fusion.x_correlation_coefficient*",  # α itself, named so that a decorator cannot hide it
-    "uniemo.models.fusion.x_classifier_prior*",
-    "uniemo.models.fusion.xǁEmotionFusionǁforward*",
-    "uniemo.models.fusion.xǁEmotionFusionǁsplit*",
-    "uniemo.models.fusion.xǁPlaceholderInjectorǁtokenize*",
-    "uniemo.models.fusion.xǁPlaceholderInjectorǁencode*",
+    "uniemo.models.alpha.x_*",
+    "uniemo.models.alpha.x_correlation_coefficient*",  # α itself, named so that a decorator cannot hide it
+    "uniemo.models.alpha.x_classifier_prior*",
+    "uniemo.models.emotion_space.x_*",
+    "uniemo.models.mappers.xǁConditionMappersǁforward*",
+    "uniemo.models.placeholder.xǁPlaceholderInjectorǁtokenize*",
+    "uniemo.models.placeholder.xǁPlaceholderInjectorǁencode*",
     "uniemo.models.uniemo.xǁUniEmoModelǁalphas*",
     "uniemo.models.uniemo.xǁUniEmoModelǁforward*",
     "uniemo.models.uniemo.xǁUniEmoModelǁcondition*",
+    "uniemo.models.uniemo.xǁUniEmoModelǁ_condition*",
     "uniemo.models.uniemo.xǁUniEmoModelǁnormalize_condition*",
     "uniemo.models.uniemo.xǁUniEmoModelǁsample_features*",
     "uniemo.models.uniemo.xǁUniEmoModelǁgeneration_parameters*",
-    "uniemo.models.uniemo.xǁPromptEncoderǁ_ids*",
-    "uniemo.models.uniemo.xǁPromptEncoderǁencode*",
+    "uniemo.models.placeholder.xǁPromptEncoderǁ_ids*",
+    "uniemo.models.placeholder.xǁPromptEncoderǁencode*",
     # the joint objective L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ) (METHOD §4)
     "uniemo.train.joint.xǁJointObjectiveǁ*",
     "uniemo.train.joint.x_content_words*",

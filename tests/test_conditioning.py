@@ -86,7 +86,7 @@ def test_mapper_gradient_comes_from_the_diffusion_loss(synth_dir, standin_stage1
     loss, parts = objective(model, model, batch, torch.Generator().manual_seed(0))
     assert "loss/cond" not in parts
     loss.backward()
-    for mapper in (model.fusion.map_cls, model.fusion.map_scene, model.fusion.map_object):
+    for mapper in (model.mappers.map_cls, model.mappers.map_scene, model.mappers.map_object):
         assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in mapper.parameters())
     assert all(p.grad is None for p in pipe.unet.parameters())
 
@@ -153,7 +153,7 @@ def test_transfer_prompt_and_reference_change_what_the_unet_sees(standin_joint, 
     pipe = UniEmoPipeline.from_pretrained(run)
     plain = pipe("awe", num_images=2, steps=4, seed=0)
     house = pipe("awe", prompt="a house", num_images=2, steps=4, seed=0)
-    assert house.settings["text"] == "<emotion>, a house"  # the checkpoint's transfer template
+    assert house.settings.text == "<emotion>, a house"  # the checkpoint's transfer template
     pipe.meta.pop("transfer_template")  # a checkpoint written before it was carried
     assert pipe.prompt_for("a house") == "a house, <emotion>"
     a, b = (np.stack([np.asarray(im, dtype=np.int16) for im in out.images]) for out in (plain, house))
@@ -223,7 +223,7 @@ def test_a_list_of_references_gives_each_its_own_images(standin_joint, synth_dir
     alone_a = pipe(reference=a, num_images=1, steps=3, seed=4)
     alone_b = pipe(reference=b, num_images=1, steps=3, seed=5)  # image i uses seed + i
     pixels = [np.asarray(im, dtype=np.int16) for im in both.images]
-    assert len(pixels) == 2 and both.settings["reference"] == [str(a), str(b)]
+    assert len(pixels) == 2 and both.settings.reference == [str(a), str(b)]
     assert np.array_equal(pixels[0], np.asarray(alone_a.images[0], dtype=np.int16))
     assert np.array_equal(pixels[1], np.asarray(alone_b.images[0], dtype=np.int16))
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from uniemo.errors import CheckpointError
-from uniemo.models.diffusion import diffusion_loss, load_stable_diffusion, tiny_stable_diffusion
+from uniemo.losses import diffusion_loss
+from uniemo.models.diffusion import load_stable_diffusion, tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ from accelerate import Accelerator
 from uniemo.config import load_config
 from uniemo.data.datasets import EmotionImageDataset, open_dataset
 from uniemo.data.transforms import ClipTransform
-from uniemo.train.understanding import training_loader
+from uniemo.train.loop import training_loader
 
 data, out, resume_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 accelerator = Accelerator(cpu=True)

@@ -5,14 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from uniemo.losses import supervised_contrastive
-from uniemo.models.fusion import (
-    EmotionFusion,
-    PlaceholderInjector,
-    attribute_distribution,
-    cooccurrence_prior,
-    correlation_coefficient,
-    fuse_conditions,
-)
+from uniemo.models.alpha import attribute_distribution, cooccurrence_prior, correlation_coefficient
+from uniemo.models.emotion_space import fuse_conditions
+from uniemo.models.mappers import ConditionMappers
+from uniemo.models.placeholder import PlaceholderInjector
 
 
 def test_cooccurrence_prior_by_hand():
@@ -45,17 +41,16 @@ def test_attribute_distribution_is_a_distribution():
     torch.testing.assert_close(pi.sum(-1), torch.ones(4))
 
 
-def test_fusion_follows_the_formula_and_splits_per_encoder():
+def test_mappers_follow_the_formula_for_every_encoder_at_once():
     torch.manual_seed(0)
-    fusion = EmotionFusion(16, condition_dims=(8, 12), hidden=32)
+    fusion = ConditionMappers(16, condition_dims=(8, 12), hidden=32)
     cls, s, o = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 16)
     a_s, a_o = torch.tensor([0.2, 0.5, 0.0]), torch.tensor([0.9, 0.1, 0.0])
     c = fusion(cls, s, o, a_s, a_o)
     expected = fusion.map_cls(cls) + a_s[:, None] * fusion.map_scene(s) + a_o[:, None] * fusion.map_object(o)
     torch.testing.assert_close(c, expected)
     torch.testing.assert_close(c[2], fusion.map_cls(cls)[2])  # α = 0: the class token alone
-    first, second = fusion.split(c)
-    assert first.shape == (3, 8) and second.shape == (3, 12)
+    assert c.shape == (3, 8 + 12)
     assert isinstance(fusion.map_cls[1], torch.nn.ReLU) and fusion.map_cls[0].out_features == 32
 
 
@@ -132,7 +127,7 @@ def test_injection_refuses_prompts_without_exactly_one_placeholder(text_encoder)
 
 
 def test_prior_head_learns_and_reads_names_in_the_shared_space():
-    from uniemo.models.fusion import classifier_prior, train_prior_head
+    from uniemo.models.alpha import classifier_prior, train_prior_head
 
     torch.manual_seed(0)
     centres = F.normalize(torch.randn(4, 16), dim=-1)  # one direction per emotion in a shared space
@@ -150,7 +145,7 @@ def test_prior_head_learns_and_reads_names_in_the_shared_space():
 
 
 def test_emotion_space_statistics_and_sampling():
-    from uniemo.models.fusion import emotion_space, sample_emotion_space
+    from uniemo.models.emotion_space import emotion_space, sample_emotion_space
 
     cls = torch.tensor([[0.0, 2.0], [2.0, 2.0], [10.0, -1.0], [12.0, -3.0], [11.0, -2.0]])
     labels = torch.tensor([0, 0, 1, 1, 1])
@@ -169,7 +164,7 @@ def test_emotion_space_statistics_and_sampling():
 
 
 def test_emotion_space_bank_holds_real_feature_triples_of_each_emotion():
-    from uniemo.models.fusion import emotion_space, sample_emotion_space
+    from uniemo.models.emotion_space import emotion_space, sample_emotion_space
 
     cls = torch.arange(20.0).view(10, 2)  # image i: (2i, 2i+1)
     feats = {"cls": cls, "scene": cls + 100, "object": cls + 200}

@@ -36,7 +36,7 @@ def test_same_seed_same_images_other_seed_other_images(pipe):
     assert not np.array_equal(_pixels(a.images), _pixels(c.images))
     # image i depends only on seed + i: the second image of seed 5 is the first of seed 6
     assert np.array_equal(_pixels(a.images[1:]), _pixels(c.images[:1]))
-    assert a.settings["emotions"] == {"awe": 1.0} and a.settings["text"] == "<emotion>"
+    assert a.settings.emotions == {"awe": 1.0} and a.settings.text == "<emotion>"
     # more images than a batch: batch after batch, image i is still the image of seed + i
     d = pipe("awe", num_images=3, steps=3, seed=5, batch_size=2)
     e = pipe("awe", num_images=1, steps=3, seed=7)
@@ -60,22 +60,22 @@ def test_fusion_weights(pipe):
 
 def test_transfer_reference_and_schedulers(pipe, synth_dir):
     out = pipe("contentment", prompt="a bench", num_images=1, steps=2, scheduler="euler-a")
-    assert out.settings["text"] == "<emotion>, a bench" and out.settings["scheduler"] == "euler-a"
+    assert out.settings.text == "<emotion>, a bench" and out.settings.scheduler == "euler-a"
     assert type(pipe.diffusion.scheduler).__name__ == "DDPMScheduler"  # restored afterwards
     image = next((synth_dir / "image").rglob("*.jpg"))
     ref = pipe(reference=image, prompt="a cup", num_images=2, steps=2)
-    assert ref.settings["read"] in pipe.classes and len(ref.images) == 2
+    assert ref.settings.read in pipe.classes and len(ref.images) == 2
     for name in SCHEDULERS:
         assert len(pipe("awe", steps=2, scheduler=name).images) == 1
     # The fast sampler by default; "model" is the diffusion model's own (the paper's setting at 50 steps).
-    assert pipe("awe", steps=2).settings["scheduler"] == DEFAULT_SCHEDULER == "dpm++"
-    assert pipe("awe", steps=2, scheduler="model").settings["scheduler"] == "DDPMScheduler"
+    assert pipe("awe", steps=2).settings.scheduler == DEFAULT_SCHEDULER == "dpm++"
+    assert pipe("awe", steps=2, scheduler="model").settings.scheduler == "DDPMScheduler"
     default, dpm = pipe("awe", steps=3).images[0], pipe("awe", steps=3, scheduler="dpm++").images[0]
     assert np.array_equal(np.asarray(default), np.asarray(dpm))
     # the shipped stand-in samples with its own scheduler by default (it does better than DPM-Solver++ on it)
     on_standin = UniEmoPipeline(pipe.model, pipe.diffusion, {**pipe.meta, "diffusion": STANDIN})
     assert on_standin.default_scheduler == "model" == default_scheduler(str(standin_path("sd")))
-    assert on_standin("awe", steps=2).settings["scheduler"] == "DDPMScheduler"
+    assert on_standin("awe", steps=2).settings.scheduler == "DDPMScheduler"
     assert pipe.default_scheduler == default_scheduler("tiny-sd") == "dpm++"
     # the negative prompt's embedding is kept between calls, and follows the negative prompt
     dark = pipe("awe", steps=3, negative_prompt="dark").images[0]
@@ -169,8 +169,8 @@ def test_checkpoint_carries_its_sampling_defaults_to_every_entry_point(joint_run
     assert meta["sampling"] == {"guidance": 3.0}
     assert pipe.sampling_defaults == {"steps": 25, "guidance": 3.0, "scheduler": "dpm++"}
     quick = pipe("awe", num_images=1, steps=2)
-    assert quick.settings["guidance"] == 3.0
-    assert pipe("awe", num_images=1, steps=2, guidance=7.5).settings["guidance"] == 7.5
+    assert quick.settings.guidance == 3.0
+    assert pipe("awe", num_images=1, steps=2, guidance=7.5).settings.guidance == 7.5
     r = uniemo("generate", "--checkpoint", joint_run, "--emotion", "awe", "--steps", 2, "--out", tmp_path / "g")
     assert r.returncode == 0, r.stderr
     settings = json.loads((tmp_path / "g" / "settings.json").read_text())

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from tests.conftest import REPO, joint_overrides
 from uniemo.config import JointRunConfig, load_config
 from uniemo.errors import CheckpointError, ConfigError
-from uniemo.losses import supervised_contrastive
-from uniemo.models.diffusion import diffusion_loss, tiny_stable_diffusion
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+from uniemo.losses import diffusion_loss, supervised_contrastive
+from uniemo.models.diffusion import tiny_stable_diffusion
+from uniemo.models.placeholder import PromptEncoder
+from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import EmotionClassifier
 from uniemo.train import joint as joint_module
 from uniemo.train.joint import train_joint
@@ -69,15 +70,16 @@ def test_gradients_reach_mappers_and_queries_not_the_diffusion_model(trained_run
     stage1.vision.requires_grad_(False)
     held = {id(p) for g in joint_module._param_groups(model, cfg) for p in g["params"]}
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
-    assert all(id(p) in held for p in model.fusion.parameters()) and id(stage1.scene_queries) in held
+    assert all(id(p) in held for p in model.mappers.parameters()) and id(stage1.scene_queries) in held
     stage1.vision.requires_grad_(True)
-    out, c = model(torch.randn(4, 3, stage1.image_size, stage1.image_size), labels)
+    forward = model(torch.randn(4, 3, stage1.image_size, stage1.image_size), labels)
+    out, c = forward.understanding, forward.condition
     text = encoder.encode(["<emotion>"] * 4, c)
     latents = torch.randn(4, 4, 16, 16)
     loss = diffusion_loss(pipe.unet, pipe.scheduler, latents, text["prompt_embeds"], torch.Generator().manual_seed(0))
     loss = loss + supervised_contrastive(c, labels) + F.cross_entropy(out.logits, labels)
     loss.backward()
-    for mapper in (model.fusion.map_cls, model.fusion.map_scene, model.fusion.map_object):
+    for mapper in (model.mappers.map_cls, model.mappers.map_scene, model.mappers.map_object):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mapper.parameters())
     assert stage1.scene_queries.grad.abs().sum() > 0 and stage1.object_queries.grad.abs().sum() > 0
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
 
 from uniemo.config import JointConfig, LossConfig
-from uniemo.losses import attribute_infonce
-from uniemo.models.diffusion import diffusion_loss, tiny_stable_diffusion
+from uniemo.losses import attribute_infonce, diffusion_loss, understanding_loss
+from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.factory import architecture_config
+from uniemo.models.placeholder import PromptEncoder, sdxl_time_ids
 from uniemo.models.understanding import ExpertQueryCLIP
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
+from uniemo.models.uniemo import UniEmoModel
 from uniemo.train.joint import JointObjective, content_words
-from uniemo.train.understanding import understanding_loss
 
 V_S, V_O, K = 5, 4, 8
 
@@ -155,9 +155,11 @@ def test_condition_is_the_alpha_weighted_sum_of_the_three_mappers(generator_part
     _, _, model = generator_parts
     batch = batch_of()
     with torch.no_grad():
-        out, c = model(batch["pixel_values"], batch["label"])
+        forward = model(batch["pixel_values"], batch["label"])
+        out, c = forward.understanding, forward.condition
         a_s, a_o = model.alphas(out.scene_embeds, out.object_embeds, batch["label"])
-        f = model.fusion
+        assert torch.equal(forward.alpha_scene, a_s) and torch.equal(forward.alpha_object, a_o)
+        f = model.mappers
         by_hand = f.map_cls(out.cls) + a_s[:, None] * f.map_scene(out.scene) + a_o[:, None] * f.map_object(out.object)
         # the condition() path from features alone (generation's) projects the queries itself: the same c
         again = model.condition({"cls": out.cls, "scene": out.scene, "object": out.object}, batch["label"])
@@ -200,7 +202,8 @@ def test_the_joint_objective_is_its_weighted_terms_and_l_theta_reads_c(generator
     loss, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
     # L(θ) by hand, with the same draws: the VAE sample first, then the noise and the timesteps
     gen = torch.Generator().manual_seed(5)
-    out, c = model(batch["pixel_values"], batch["label"])
+    forward = model(batch["pixel_values"], batch["label"])
+    out, c = forward.understanding, forward.condition
     latents = vae_latents(pipe, batch, gen)
     context = encoder.encode(["<emotion>"] * 6, c)["prompt_embeds"]
     theta = diffusion_loss(pipe.unet, pipe.scheduler, latents, context, gen)
@@ -218,7 +221,7 @@ def test_l_theta_alone_trains_every_mapper_through_c(generator_parts):
     pipe, encoder, model = generator_parts
     objective = objective_for(pipe, encoder, condition_loss="none", understanding_weight=0.0)
     loss, _ = objective(model, model, batch_of(), torch.Generator().manual_seed(0))
-    f = model.fusion
+    f = model.mappers
     mappers = [next(m.parameters()) for m in (f.map_cls, f.map_scene, f.map_object)]
     assert all(float(g.abs().sum()) > 0 for g in grads(loss, mappers))
     frozen = [next(pipe.unet.parameters()), next(pipe.text_encoder.parameters())]
@@ -309,7 +312,7 @@ def test_without_queries_c_is_the_mapped_class_token_alone():
     a_s, a_o = model.alphas(None, None, torch.tensor([1, 2]))
     assert torch.equal(a_s, torch.ones(2)) and torch.equal(a_o, torch.ones(2))
     c = model.condition({"cls": cls, "scene": None, "object": None}, torch.tensor([1, 2]))
-    torch.testing.assert_close(c, model.fusion.map_cls(cls))
+    torch.testing.assert_close(c, model.mappers.map_cls(cls))
 
 
 def test_the_ce_condition_loss_reads_c_with_the_frozen_stage1_head_or_its_own(generator_parts):
@@ -321,20 +324,20 @@ def test_the_ce_condition_loss_reads_c_with_the_frozen_stage1_head_or_its_own(ge
     torch.testing.assert_close(headed.condition_logits(c), headed.condition_head(c))
     # the parameters joint training creates: the mappers, and the condition head when there is one
     assert {id(p) for p in headed.generation_parameters()} == {
-        id(p) for p in [*headed.fusion.parameters(), *headed.condition_head.parameters()]
+        id(p) for p in [*headed.mappers.parameters(), *headed.condition_head.parameters()]
     }
-    assert {id(p) for p in model.generation_parameters()} == {id(p) for p in model.fusion.parameters()}
+    assert {id(p) for p in model.generation_parameters()} == {id(p) for p in model.mappers.parameters()}
     objective = objective_for(
         pipe, encoder, condition_loss="ce", understanding_weight=0.0, condition_weight=0.3, diffusion_weight=0.0
     )
     batch = batch_of()
     loss, _ = objective(model, model, batch, torch.Generator().manual_seed(0))
-    _, cond = model(batch["pixel_values"], batch["label"])
+    cond = model(batch["pixel_values"], batch["label"]).condition
     torch.testing.assert_close(loss, 0.3 * F.cross_entropy(model.condition_logits(cond), batch["label"]))
 
 
 def test_the_models_bank_gives_real_triples_and_diversity_zero_the_mean():
-    from uniemo.models.fusion import emotion_space
+    from uniemo.models.emotion_space import emotion_space
 
     model = micro_model(space_bank=3)
     dim = model.understanding.vision.config.hidden_size
@@ -368,10 +371,10 @@ def test_content_prompts_reach_l_theta_and_the_control_is_the_empty_prompt(gener
     batch = batch_of()
     _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
-    _, c = model(batch["pixel_values"], batch["label"])
+    c = model(batch["pixel_values"], batch["label"]).condition
     latents = vae_latents(pipe, batch, gen)
     words = objective.contents(batch, gen)  # drawn after the VAE sample, before the noise
-    prompts = [f"{w}, <emotion>" if w else "<emotion>" for w in words]
+    prompts = [f"<emotion>, {w}" if w else "<emotion>" for w in words]  # joined by the default transfer_template
     theta = diffusion_loss(pipe.unet, pipe.scheduler, latents, encoder.encode(prompts, c)["prompt_embeds"], gen)
     torch.testing.assert_close(parts["loss/diffusion"], theta.detach())
     control = objective.context(None, 3)["prompt_embeds"]
@@ -408,7 +411,7 @@ def test_sdxl_prompts_are_both_encoders_penultimate_layers_and_l_theta_gets_the_
     batch = batch_of()
     _, parts = objective(model, model, batch, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
-    _, c = model(batch["pixel_values"], batch["label"])
+    c = model(batch["pixel_values"], batch["label"]).condition
     latents = vae_latents(pipe, batch, gen)
     text = encoder.encode(["<emotion>"] * 6, c)
     added = {"text_embeds": text["pooled_prompt_embeds"], "time_ids": sdxl_time_ids(6, 32, "cpu", torch.float32)}

@@ -9,8 +9,9 @@ import torch
 from tests.conftest import REPO, joint_overrides, micro_overrides
 from uniemo.config import JointRunConfig, LossConfig, load_config
 from uniemo.models.diffusion import stable_diffusion_15_architecture, tiny_stable_diffusion
+from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.understanding import ExpertQueryCLIP
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import EmotionClassifier
 from uniemo.runtime import tune_allocator
 from uniemo.train import joint as joint_module
@@ -91,7 +92,7 @@ def test_joint_options_reach_the_models(synth_dir, trained_run, tmp_path, monkey
 
 
 def test_efficiency_options_may_change_on_resume(synth_dir, trained_run, tmp_path):
-    from uniemo.train.understanding import check_resumable, config_yaml_text
+    from uniemo.train.loop import check_resumable, config_yaml_text
 
     out = tmp_path / "j"
     cfg = load_config(

@@ -20,9 +20,10 @@ from tests.test_mechanisms import micro_understanding
 from uniemo.constants import EMOSET_EMOTIONS
 from uniemo.errors import ConfigError
 from uniemo.models.diffusion import tiny_stable_diffusion
+from uniemo.models.emotion_space import emotion_space
 from uniemo.models.factory import STANDIN, standin_path
-from uniemo.models.fusion import emotion_space
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+from uniemo.models.placeholder import PromptEncoder
+from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.generation import (
     UniEmoPipeline,
     default_scheduler,
@@ -184,8 +185,9 @@ def test_emotion_mode_images_are_made_from_their_conditions_with_the_carried_def
     out = pipe("awe", num_images=2, seed=5)
     conditions = torch.stack([emotion_condition(pipe, "awe", 5), emotion_condition(pipe, "awe", 6)])
     assert_same_images(out.images, by_hand(pipe, conditions, "a photo that feels <emotion>", seed=5))
+    assert torch.equal(out.conditions, conditions)  # the output names the c each image was made from
     assert pipe.diffusion.scheduler is scheduler  # the swapped sampler is put back
-    assert out.settings == {
+    assert out.settings.to_dict() == {
         "prompt": None, "num_images": 2, "steps": 2, "guidance": 10.0, "scheduler": "ddim", "seed": 5,
         "negative_prompt": "", "emotions": {"awe": 1.0}, "diversity": 1.0, "text": "a photo that feels <emotion>",
         "size": 32,
@@ -203,7 +205,7 @@ def test_explicit_settings_prompt_and_negative_prompt_reach_the_images(pipe):
     c = 0.5 * emotion_condition(pipe, "amusement", 2) + 0.5 * emotion_condition(pipe, "fear", 2)
     expected = by_hand(pipe, c[None], "a house, <emotion>", 2, "a dark room", steps=3, guidance=12.0, scheduler="ddpm")
     assert_same_images(out.images, expected)
-    assert out.settings["text"] == "a house, <emotion>" and out.settings["scheduler"] == "ddpm"
+    assert out.settings.text == "a house, <emotion>" and out.settings.scheduler == "ddpm"
     plain = pipe({"amusement": 1, "fear": 1}, num_images=1, seed=2, steps=3, guidance=12.0, scheduler="ddpm")
     assert np.abs(pixels(plain.images)[0] - pixels(out.images)[0]).mean() > 1.0
 
@@ -225,16 +227,16 @@ def test_reference_mode_images_carry_the_references_condition(pipe, tmp_path):
     conditions = [pipe.reference_condition(p) for p in paths]
     stacked = torch.cat([c for c, _ in conditions]).repeat_interleave(2, dim=0)
     assert_same_images(out.images, by_hand(pipe, stacked, "a photo that feels <emotion>", seed=4))
-    assert out.settings["reference"] == [str(p) for p in paths] and out.settings["num_images"] == 4
-    assert out.settings["read"] == [read for _, read in conditions]
+    assert out.settings.reference == [str(p) for p in paths] and out.settings.num_images == 4
+    assert out.settings.read == [read for _, read in conditions]
     single = pipe(reference=paths[1], num_images=1, seed=4)
     assert_same_images(single.images, by_hand(pipe, conditions[1][0], "a photo that feels <emotion>", seed=4))
-    assert single.settings["reference"] == str(paths[1]) and single.settings["read"] == conditions[1][1]
+    assert single.settings.reference == str(paths[1]) and single.settings.read == conditions[1][1]
     with Image.open(paths[0]) as image:  # an image given in memory is recorded as such, alone or in a list
-        assert pipe(reference=image, steps=1).settings["reference"] == "<image>"
-        assert pipe(reference=[image, paths[1]], steps=1).settings["reference"] == ["<image>", str(paths[1])]
+        assert pipe(reference=image, steps=1).settings.reference == "<image>"
+        assert pipe(reference=[image, paths[1]], steps=1).settings.reference == ["<image>", str(paths[1])]
     # the diffusion model's own sampler is recorded by its class, so that settings.json reproduces the images
-    assert pipe("awe", steps=1, scheduler="model").settings["scheduler"] == type(pipe.diffusion.scheduler).__name__
+    assert pipe("awe", steps=1, scheduler="model").settings.scheduler == type(pipe.diffusion.scheduler).__name__
 
 
 def test_bad_requests_are_config_errors(pipe):
@@ -261,7 +263,7 @@ def test_save_generation_writes_the_images_and_their_settings(pipe, tmp_path):
     assert [p.name for p in paths] == ["awe_000.png", "awe_001.png"]
     assert_same_images([Image.open(p) for p in paths], pixels(out.images))
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
-    assert settings == {**out.settings, "files": ["awe_000.png", "awe_001.png"]}
+    assert settings == {**out.settings.to_dict(), "files": ["awe_000.png", "awe_001.png"]}
     # into a folder that exists (a second run) and one whose parents do not
     assert save_generation(out, tmp_path / "run", stem="again")[0].is_file()
     assert save_generation(out, tmp_path / "a" / "b", stem="awe")[1] == tmp_path / "a" / "b" / "awe_001.png"

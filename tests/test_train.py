@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, micro_overrides
 from uniemo.config import load_config
 from uniemo.errors import ConfigError
+from uniemo.train import loop
 from uniemo.train import understanding as stage1
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -31,14 +32,14 @@ def test_run_directory_contents(trained_run):
 def test_resume_after_interruption_is_bit_exact(synth_dir, tmp_path, monkeypatch):
     """A run stopped at step 6 (mid-epoch) and resumed ends with exactly the weights of an uninterrupted run."""
     snapshot = tmp_path / "snapshot"
-    real_save = stage1.save_training_state
+    real_save = loop.save_training_state
 
     def save_and_snapshot(directory, optimizer, scheduler, counters):
         real_save(directory, optimizer, scheduler, counters)
         if counters["step"] == 6 and not snapshot.exists():
             shutil.copytree(directory, snapshot)  # the state a killed run leaves behind (written atomically)
 
-    monkeypatch.setattr(stage1, "save_training_state", save_and_snapshot)
+    monkeypatch.setattr(loop, "save_training_state", save_and_snapshot)
     full = tmp_path / "full"
     stage1.train_understanding(load_config(TINY, micro_overrides(synth_dir, full) + ["save_every=6"]), progress=False)
 

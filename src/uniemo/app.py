@@ -266,10 +266,10 @@ class UniEmoApp:
             raise gr.Error(str(err), print_exception=False) from None
         log.info("created %d image(s) in %.1f s", num_images, time.perf_counter() - started)
         if reference is not None:
-            label = f"reference (reads as {output.settings['read']})"
+            label = f"reference (reads as {output.settings.read})"
         else:
-            label = " + ".join(f"{n} {w:.2f}" for n, w in output.settings["emotions"].items())
-            label = label if len(output.settings["emotions"]) > 1 else next(iter(output.settings["emotions"]))
+            label = " + ".join(f"{n} {w:.2f}" for n, w in output.settings.emotions.items())
+            label = label if len(output.settings.emotions) > 1 else next(iter(output.settings.emotions))
         return [(image, f"{label} · seed {seed + i}") for i, image in enumerate(output.images)]
 
     # ----------------------------------------------------------------------------------------------------------

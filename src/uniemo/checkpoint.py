@@ -153,6 +153,8 @@ def load_weights(directory: Path, model: torch.nn.Module, prefix: str = "") -> N
         raise CheckpointError(f"{file} is not a readable safetensors file ({err})") from None
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if hasattr(model, "convert_state_dict"):  # tensors renamed since the checkpoint was written (timm's filter)
+        state = model.convert_state_dict(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

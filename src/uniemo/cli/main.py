@@ -153,9 +153,8 @@ def _generate_one(pipe, args: argparse.Namespace, out: Path) -> int:
         negative_prompt=args.negative_prompt,
         diversity=args.diversity,
     )
-    output.settings["checkpoint"] = str(args.checkpoint)
-    stem = "reference" if args.reference else "-".join(output.settings["emotions"])
-    return len(save_generation(output, out, stem))
+    stem = "reference" if args.reference else "-".join(output.settings.emotions)
+    return len(save_generation(output, out, stem, {"checkpoint": str(args.checkpoint)}))
 
 
 def _collect_images(inputs: list[str]) -> list[Path]:

@@ -36,8 +36,8 @@ from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_data
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError, MetricNetworkError
 from uniemo.metrics.lpips import _read_state_dict
+from uniemo.models.alpha import PriorHead, train_prior_head
 from uniemo.models.factory import STANDIN, from_pretrained_or_explain, is_architecture_name, resolve_spec
-from uniemo.models.fusion import PriorHead, train_prior_head
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.errors import CheckpointError
@@ -210,39 +209,3 @@ def load_stable_diffusion(spec: str, seed: int = 0) -> Any:
     if getattr(pipe, "tokenizer_2", None) is not None:
         check_tokenizer(pipe.tokenizer_2, spec)
     return pipe
-
-
-def diffusion_loss(
-    unet: Any,
-    scheduler: Any,
-    latents: torch.Tensor,
-    context: torch.Tensor,
-    generator: torch.Generator | None = None,
-    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """L(θ): MSE between the UNet's prediction and its target, at uniformly drawn timesteps.
-
-    The target is the noise for ``prediction_type="epsilon"`` and the velocity for ``"v_prediction"``.
-
-    Args:
-        unet: a ``UNet2DConditionModel`` (frozen by the caller; gradients still reach ``context``).
-        scheduler: a diffusers noise scheduler (its ``config.prediction_type`` decides the target).
-        latents: (B, C, h, h) scaled VAE latents of the training images.
-        context: (B, L, d_c) the text encoder's output, the UNet's cross-attention context.
-        generator: draws the noise and the timesteps (reproducible when seeded).
-        added_cond_kwargs: SDXL's ``text_embeds`` (pooled) and ``time_ids``.
-    """
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-    steps = scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, C, h, h)
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
-    extra = {"added_cond_kwargs": added_cond_kwargs} if added_cond_kwargs is not None else {}
-    prediction = unet(noisy, timesteps, encoder_hidden_states=context, **extra).sample  # (B, C, h, h)
-    return F.mse_loss(prediction.float(), target.float())

@@ -191,6 +191,10 @@ class ExpertQueryCLIP(nn.Module):
         """The pretrained vision tower's parameters (they take ``lr × backbone_lr_scale``)."""
         return list(self.vision.parameters())
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters AdamW leaves undecayed (timm's convention): expert queries, β, norms, biases."""
+        return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith("_queries")}
+
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters UniEmo adds: queries, Interactive Blocks, β, projections, head."""
         backbone = {id(p) for p in self.vision.parameters()}
@@ -262,14 +266,18 @@ class ExpertQueryCLIP(nn.Module):
         """cls (B, D) → logits (B, K)."""
         return self.head(cls)
 
+    def attribute_embeds(self, scene: torch.Tensor, obj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g_S(s), g_O(o): the pooled scene / object queries (B, D) in the attribute text space (B, d_t), L2-normalised
+        (what L_S / L_O compare with the names, and α reads)."""
+        return F.normalize(self.scene_proj(scene), dim=-1), F.normalize(self.object_proj(obj), dim=-1)
+
     def forward(self, pixel_values: torch.Tensor, need_attention: bool = False) -> UnderstandingOutput:
         """pixel_values (B, 3, H, W) → :class:`UnderstandingOutput`."""
         feats = self.forward_features(pixel_values, need_attention=need_attention)
         out = UnderstandingOutput(logits=self.forward_head(feats["cls"]), cls=feats["cls"])
         if self.query_mode != "none":
             out.scene, out.object = feats["scene"], feats["object"]
-            out.scene_embeds = F.normalize(self.scene_proj(out.scene), dim=-1)
-            out.object_embeds = F.normalize(self.object_proj(out.object), dim=-1)
+            out.scene_embeds, out.object_embeds = self.attribute_embeds(out.scene, out.object)
             out.scene_attention = feats["scene_attention"]
             out.object_attention = feats["object_attention"]
         return out

@@ -1,5 +1,5 @@
-"""The unified model: the understanding network, α, the mappers and the emotion space (METHOD §3–§5), and the
-diffusion model's text side with the placeholder (SD 1.5: one text encoder; SDXL: two).
+"""The unified model (METHOD §3–§5): the understanding network, α, the mappers and the emotion space; its
+training forward returns :class:`JointOutput` (the understanding output, α_S, α_O and c).
 
 Shape legend:
     B    batch size
@@ -13,23 +13,37 @@ Shape legend:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniemo.models.fusion import (
-    EmotionFusion,
-    PlaceholderInjector,
-    attribute_distribution,
-    correlation_coefficient,
-    sample_emotion_space,
-)
+from uniemo.models.alpha import attribute_distribution, correlation_coefficient
+from uniemo.models.emotion_space import sample_emotion_space
+from uniemo.models.mappers import ConditionMappers
 from uniemo.models.understanding import ExpertQueryCLIP
 
 ALPHA_MODES = ("soft", "hard", "none")
 SPACE_FEATURES = ("cls", "scene", "object")
+
+
+@dataclass
+class JointOutput:
+    """The training forward of :class:`UniEmoModel` on a batch of images and their emotions.
+
+    Attributes:
+        understanding: the :class:`~uniemo.models.understanding.UnderstandingOutput` (logits, cls, s, o, g_S(s),
+            g_O(o)) that L_U reads.
+        alpha_scene / alpha_object: (B,) α_S, α_O (detached; ones without queries or with ``alpha="none"``).
+        condition: (B, Σ d_c) c, the placeholder's embedding that L(θ) (and L_cond) read.
+    """
+
+    understanding: Any
+    alpha_scene: torch.Tensor
+    alpha_object: torch.Tensor
+    condition: torch.Tensor
 
 
 class UniEmoModel(nn.Module):
@@ -69,7 +83,7 @@ class UniEmoModel(nn.Module):
         self.understanding = understanding
         dim = understanding.vision.config.hidden_size
         k = understanding.num_classes
-        self.fusion = EmotionFusion(dim, condition_dims, mapper_hidden)
+        self.mappers = ConditionMappers(dim, condition_dims, mapper_hidden)
         self.alpha_mode = alpha
         self.condition_head = nn.Linear(sum(condition_dims), k) if condition_head else None
         # The `ce` condition loss reads c with the stage-1 head as it was when joint training began (frozen).
@@ -103,7 +117,7 @@ class UniEmoModel(nn.Module):
 
     def generation_parameters(self) -> list[nn.Parameter]:
         """The mappers (and the condition head): the parameters only joint training creates."""
-        params = list(self.fusion.parameters())
+        params = list(self.mappers.parameters())
         return params + (list(self.condition_head.parameters()) if self.condition_head is not None else [])
 
     # ----------------------------------------------------------------------------------------------------------
@@ -127,30 +141,33 @@ class UniEmoModel(nn.Module):
             out.append(correlation_coefficient(pi, prior, emotions, self.alpha_mode))
         return out[0], out[1]
 
-    def forward(self, pixel_values: torch.Tensor, emotions: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """Training forward: (:class:`UnderstandingOutput`, c (B, Σ d_c)) for images and their emotions (B,)."""
+    def forward(self, pixel_values: torch.Tensor, emotions: torch.Tensor) -> JointOutput:
+        """Training forward of images (B, 3, S, S) and their emotions (B,): :class:`JointOutput`."""
         out = self.understanding(pixel_values)
         feats = {"cls": out.cls, "scene": out.scene, "object": out.object}
-        return out, self.condition(feats, emotions, (out.scene_embeds, out.object_embeds))
+        return JointOutput(out, *self._condition(feats, emotions, (out.scene_embeds, out.object_embeds)))
 
-    def condition(
+    def condition(self, feats: dict[str, torch.Tensor | None], emotions: torch.Tensor) -> torch.Tensor:
+        """c (B, Σ d_c) from features ``cls``, ``scene``, ``object`` (B, D) (an image's own, or sampled from the
+        emotion space) and the target emotions (B,)."""
+        embeds = None
+        if self.uses_queries:
+            embeds = self.understanding.attribute_embeds(feats["scene"], feats["object"])
+        return self._condition(feats, emotions, embeds)[2]
+
+    def _condition(
         self,
         feats: dict[str, torch.Tensor | None],
         emotions: torch.Tensor,
-        attribute_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """c (B, Σ d_c) from features ``cls``, ``scene``, ``object`` (B, D) and the target emotions (B,);
-        ``attribute_embeds`` are g_S(s), g_O(o) when already computed (else projected here)."""
+        attribute_embeds: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(α_S, α_O, c) from the features, the emotions and g_S(s), g_O(o)."""
         if not self.uses_queries:
-            return self.normalize_condition(self.fusion.map_cls(feats["cls"]))
-        if attribute_embeds is None:
-            u = self.understanding
-            attribute_embeds = (
-                F.normalize(u.scene_proj(feats["scene"]), dim=-1),
-                F.normalize(u.object_proj(feats["object"]), dim=-1),
-            )
+            ones = torch.ones(len(emotions), device=emotions.device)
+            return ones, ones, self.normalize_condition(self.mappers.map_cls(feats["cls"]))
         alpha_s, alpha_o = self.alphas(*attribute_embeds, emotions)
-        return self.normalize_condition(self.fusion(feats["cls"], feats["scene"], feats["object"], alpha_s, alpha_o))
+        c = self.mappers(feats["cls"], feats["scene"], feats["object"], alpha_s, alpha_o)
+        return alpha_s, alpha_o, self.normalize_condition(c)
 
     def normalize_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """Each text encoder's part of c (B, Σ d_c) rescaled to ``condition_norms`` (unchanged without them)."""
@@ -169,7 +186,7 @@ class UniEmoModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------
     def set_emotion_space(self, space: dict[str, torch.Tensor]) -> None:
-        """Stores :func:`~uniemo.models.fusion.emotion_space`'s output (``cls_mean`` … ``object_std``)."""
+        """Stores :func:`~uniemo.models.emotion_space.emotion_space`'s output (``cls_mean`` … ``object_std``)."""
         for key, value in space.items():
             getattr(self, f"space_{key}").copy_(value)
 
@@ -194,71 +211,14 @@ class UniEmoModel(nn.Module):
     def architecture(self) -> dict[str, Any]:
         return {"understanding": self.understanding.architecture(), **self.hparams}
 
+    @staticmethod
+    def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's tensors under this version's names (:func:`~uniemo.checkpoint.load_weights` calls it):
+        the mappers were ``fusion.*`` until the model was split by mechanism."""
+        return {("mappers." + k[len("fusion.") :] if k.startswith("fusion.") else k): v for k, v in state.items()}
+
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> UniEmoModel:
         arch = dict(arch)
         understanding = ExpertQueryCLIP.from_architecture(arch.pop("understanding"))
         return cls(understanding, **arch)
-
-
-class PromptEncoder:
-    """A Stable Diffusion pipeline's text side with the placeholder: SD 1.x/2.x (one text encoder, the last
-    hidden state) or SDXL (two encoders, their penultimate hidden states concatenated, and the second's pooled
-    projection). c is split per encoder (:meth:`EmotionFusion.split`), each part replaces the placeholder's
-    input embedding in its encoder.
-
-    Args:
-        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (its text encoders stay frozen).
-        placeholder: the placeholder's text, added to each tokenizer.
-    """
-
-    def __init__(self, pipe: Any, placeholder: str = "<emotion>") -> None:
-        self.is_xl = getattr(pipe, "text_encoder_2", None) is not None
-        pairs = [(pipe.text_encoder, pipe.tokenizer)]
-        if self.is_xl:
-            pairs.append((pipe.text_encoder_2, pipe.tokenizer_2))
-        self.injectors = [PlaceholderInjector(enc, tok, placeholder) for enc, tok in pairs]
-        self.condition_dims = [enc.get_input_embeddings().embedding_dim for enc, _ in pairs]
-        self.placeholder = placeholder
-
-    def _ids(self, injector: PlaceholderInjector, prompts: Sequence[str], with_placeholder: bool) -> torch.Tensor:
-        if with_placeholder:
-            return injector.tokenize(prompts)
-        tok = injector.tokenizer
-        return tok(list(prompts), padding="max_length", truncation=True, return_tensors="pt").input_ids
-
-    def encode(self, prompts: Sequence[str], condition: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The UNet's text conditioning for ``prompts``; with ``condition`` (B, Σ d_c) every prompt must hold the
-        placeholder once and c takes its place.
-
-        Returns:
-            ``prompt_embeds`` (B, L, d_ctx) and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool).
-        """
-        parts = (
-            list(condition.split(self.condition_dims, dim=-1))
-            if condition is not None
-            else [None] * len(self.injectors)
-        )
-        hidden, pooled = [], None
-        for injector, part in zip(self.injectors, parts):
-            encoder = injector.text_encoder
-            device = encoder.device
-            ids = self._ids(injector, prompts, part is not None).to(device)
-            if part is None:
-                out = encoder(input_ids=ids, output_hidden_states=self.is_xl)
-            else:
-                with injector.inject(ids, part):
-                    out = encoder(input_ids=ids, output_hidden_states=self.is_xl)
-            hidden.append(out.hidden_states[-2] if self.is_xl else out[0])
-            if self.is_xl:
-                pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
-        result = {"prompt_embeds": torch.cat(hidden, dim=-1)}
-        if self.is_xl:
-            result["pooled_prompt_embeds"] = pooled
-        return result
-
-
-def sdxl_time_ids(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """SDXL's micro-conditioning (original size, crop top-left, target size) for square ``size`` images (B, 6)."""
-    ids = torch.tensor([size, size, 0, 0, size, size], dtype=dtype, device=device)
-    return ids.expand(batch, 6)

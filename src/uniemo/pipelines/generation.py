@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError
 from uniemo.models.diffusion import load_stable_diffusion
+from uniemo.models.emotion_space import fuse_conditions
 from uniemo.models.factory import STANDIN, standin_path
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel
+from uniemo.models.placeholder import PromptEncoder
+from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import JOINT_KIND
 
 #: The sampler used when none is named: DPM-Solver++ (2nd order, multistep) reaches at 25 steps what DDIM or
@@ -64,12 +66,54 @@ SCHEDULERS: dict[str, str] = {
 _SAVED_DIFFUSION = "diffusion"  # save_pretrained(include_diffusion=True) puts the pipeline here
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The settings that reproduce a generation (``settings.json`` holds :meth:`to_dict`).
+
+    Attributes:
+        prompt: the content asked for (None: the emotion alone).
+        text: the prompt the text encoder saw, with the placeholder where c goes.
+        num_images: images made (with several references: ``num_images`` of each, all counted).
+        steps / guidance / seed / negative_prompt / size: the sampling settings used (defaults filled in).
+        scheduler: the sampler's name, or the diffusion model's own scheduler class (``scheduler="model"``).
+        emotions / diversity: emotion mode: the normalised weights and the emotion space's scale (else None).
+        reference / read: reference mode: the reference(s) (``"<image>"`` for one given in memory) and the emotion
+            the model read in each (else None).
+    """
+
+    prompt: str | None
+    text: str
+    num_images: int
+    steps: int
+    guidance: float
+    scheduler: str
+    seed: int
+    negative_prompt: str
+    size: int
+    emotions: dict[str, float] | None = None
+    diversity: float | None = None
+    reference: str | list[str] | None = None
+    read: str | list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able; the other mode's fields left out."""
+        mode = ("emotions", "diversity", "reference", "read")
+        return {k: v for k, v in asdict(self).items() if k not in mode or v is not None}
+
+
 @dataclass
 class GenerationOutput:
-    """Generated images and the settings that reproduce them (JSON-able)."""
+    """What a call of :class:`UniEmoPipeline` returns.
+
+    Attributes:
+        images: N PIL images, image i from seed + i.
+        settings: the :class:`GenerationSettings` that reproduce them.
+        conditions: (N, Σ d_c) the condition c each image was made from.
+    """
 
     images: list[Image.Image]
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: GenerationSettings
+    conditions: torch.Tensor
 
 
 def parse_emotion_weights(spec: str | Sequence[str] | Mapping[str, float], classes: Sequence[str]) -> dict[str, float]:
@@ -217,7 +261,7 @@ class UniEmoPipeline:
             self._require_space()
             names = list(weights)
             ids = torch.tensor([self.classes.index(n) for n in names], device=self.device)
-            w = torch.tensor([weights[n] for n in names], device=self.device)
+            w = [weights[n] for n in names]
             out = []
             for i in range(num_images):
                 # The same draw for every emotion of the mix (a generator per emotion, seeded alike), so weights
@@ -227,8 +271,7 @@ class UniEmoPipeline:
                     feats = self.model.sample_features(k.view(1), torch.Generator().manual_seed(seed + i), diversity)
                     parts.append({name: v.to(self.device) for name, v in feats.items()})
                 feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}  # each (E, D)
-                conditions = self.model.condition(feats, ids)  # (E, Σ d_c)
-                out.append(w @ conditions)
+                out.append(fuse_conditions(self.model.condition(feats, ids), w))  # (E, Σ d_c) → (Σ d_c,)
             return torch.stack(out)
 
     def reference_condition(self, image: Image.Image | str | Path) -> tuple[torch.Tensor, str]:
@@ -322,7 +365,8 @@ class UniEmoPipeline:
         size: int | None = None,
         diversity: float = 1.0,
     ) -> GenerationOutput:
-        """Generates ``num_images`` images.
+        """Generates ``num_images`` images: 1. check the inputs, 2. the conditions of the mode, 3. the prompt,
+        4. denoise and decode in the diffusion model's pipeline.
 
         Args:
             emotion: one emotion, several with weights (``["amusement=0.5", "awe=0.5"]`` or a dict), or None
@@ -340,6 +384,7 @@ class UniEmoPipeline:
         Raises:
             ConfigError: neither or both of ``emotion`` and ``reference``, unknown names, bad weights or values.
         """
+        # 1. check the inputs; the checkpoint's sampling defaults fill what is left out
         if (emotion is None) == (reference is None):
             raise ConfigError("give an emotion (or weighted emotions) or a reference image, not both or neither")
         defaults = self.sampling_defaults
@@ -348,38 +393,59 @@ class UniEmoPipeline:
         scheduler = scheduler or defaults["scheduler"]
         if num_images < 1 or steps < 1 or guidance < 0 or diversity < 0:
             raise ConfigError("num_images and steps must be ≥ 1, guidance and diversity ≥ 0")
-        settings: dict[str, Any] = {
-            "prompt": prompt,
-            "num_images": num_images,
-            "steps": steps,
-            "guidance": guidance,
-            "scheduler": type(self.diffusion.scheduler).__name__ if scheduler == "model" else scheduler,
-            "seed": seed,
-            "negative_prompt": negative_prompt,
-        }
-        if isinstance(reference, (list, tuple)):  # several references: num_images images of each, in order
-            if not reference:
-                raise ConfigError("give at least one reference image")
-            pairs = [self.reference_condition(r) for r in reference]
-            conditions = torch.cat([c for c, _ in pairs]).repeat_interleave(num_images, dim=0)
-            names = [str(r) if isinstance(r, (str, Path)) else "<image>" for r in reference]
-            num_images = len(conditions)
-            settings.update(reference=names, read=[read for _, read in pairs], num_images=num_images)
-        elif reference is not None:
-            condition, read = self.reference_condition(reference)
-            conditions = condition.expand(num_images, -1)
-            settings.update(reference=str(reference) if isinstance(reference, (str, Path)) else "<image>", read=read)
+        # 2. the conditions c (N, Σ d_c): sampled from the emotion space (fused by the weights), or the references'
+        if reference is not None:
+            conditions, mode = self._reference_conditions(reference, num_images)
         else:
             weights = parse_emotion_weights(emotion, self.classes)
             conditions = self.emotion_conditions(weights, num_images, seed, diversity)
-            settings.update(emotions=weights, diversity=diversity)
+            mode = {"emotions": weights, "diversity": diversity}
+        # 3. the prompt: the training template, or the content with the placeholder after it
         text = self.prompt_for(prompt)
-        settings["text"] = text
+        # 4. denoise and decode, in batches, one seeded generator per image
         side = size or self.resolution
-        settings["size"] = side
+        with self._scheduler(scheduler):
+            images = self._denoise(text, conditions, steps, guidance, seed, negative_prompt, batch_size, side)
+        name = type(self.diffusion.scheduler).__name__ if scheduler == "model" else scheduler
+        settings = GenerationSettings(
+            prompt, text, len(conditions), steps, guidance, name, seed, negative_prompt, side, **mode
+        )
+        return GenerationOutput(images, settings, conditions)
+
+    def _reference_conditions(
+        self, reference: Image.Image | str | Path | Sequence[Image.Image | str | Path], num_images: int
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """c (N, Σ d_c) of one reference (``num_images`` times) or of several (``num_images`` of each, in order),
+        and what :class:`GenerationSettings` records of them."""
+
+        def name(r: Any) -> str:
+            return str(r) if isinstance(r, (str, Path)) else "<image>"
+
+        if isinstance(reference, (list, tuple)):
+            if not reference:
+                raise ConfigError("give at least one reference image")
+            pairs = [self.reference_condition(r) for r in reference]
+            conditions = torch.cat([c for c, _ in pairs]).repeat_interleave(num_images, dim=0)  # (R·N, Σ d_c)
+            return conditions, {"reference": [name(r) for r in reference], "read": [read for _, read in pairs]}
+        condition, read = self.reference_condition(reference)
+        return condition.expand(num_images, -1), {"reference": name(reference), "read": read}
+
+    def _denoise(
+        self,
+        text: str,
+        conditions: torch.Tensor,
+        steps: int,
+        guidance: float,
+        seed: int,
+        negative_prompt: str,
+        batch_size: int,
+        side: int,
+    ) -> list[Image.Image]:
+        """The diffusion model's own sampling loop on ``text`` with each c (N, Σ d_c) in the placeholder's place,
+        classifier-free guidance against ``negative_prompt``; image i's initial noise from seed + i."""
         images: list[Image.Image] = []
-        with self._scheduler(scheduler), torch.no_grad():  # the conditions come from no-grad methods too
-            for start in range(0, num_images, batch_size):
+        with torch.no_grad():
+            for start in range(0, len(conditions), batch_size):
                 chunk = conditions[start : start + batch_size]
                 n = len(chunk)
                 positive = self.encoder.encode([text] * n, chunk)
@@ -402,7 +468,7 @@ class UniEmoPipeline:
                     output_type="pil",
                 )
                 images.extend(result.images)
-        return GenerationOutput(images, settings)
+        return images
 
 
 def emotion_accuracy(
@@ -426,8 +492,11 @@ def emotion_accuracy(
     return result, images
 
 
-def save_generation(output: GenerationOutput, out_dir: str | Path, stem: str = "image") -> list[Path]:
-    """Writes ``<stem>_NNN.png`` and ``settings.json`` into ``out_dir``; returns the image paths."""
+def save_generation(
+    output: GenerationOutput, out_dir: str | Path, stem: str = "image", extra: dict[str, Any] | None = None
+) -> list[Path]:
+    """Writes ``<stem>_NNN.png`` and ``settings.json`` (the settings, ``extra``, the file names) into ``out_dir``;
+    returns the image paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -435,6 +504,6 @@ def save_generation(output: GenerationOutput, out_dir: str | Path, stem: str = "
         path = out / f"{stem}_{i:03d}.png"
         image.save(path)
         paths.append(path)
-    settings = {**output.settings, "files": [p.name for p in paths]}
+    settings = {**output.settings.to_dict(), **(extra or {}), "files": [p.name for p in paths]}
     (out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     return paths

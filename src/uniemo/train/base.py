@@ -390,23 +390,7 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     # the CLIP's view of the images, for the CLIP and the hard-negative text encoder (read once, only if needed)
     clip_images = _clip_images(paths) if not cfg.init or cfg.text_steps else None
     if cfg.init:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPModel
-
-        init = Path(cfg.init)
-        if not all(
-            (init / part).exists() for part in ("training.json", "clip", "sd/vae", "sd/unet", "sd/text_encoder")
-        ):
-            raise CheckpointError(
-                f"{init} is not a stand-in written by `uniemo train base` (training.json, clip/, sd/)"
-            )
-        earlier = json.loads((init / "training.json").read_text())
-        clip = CLIPModel.from_pretrained(init / "clip", dtype=torch.float32, use_safetensors=True).eval()
-        vae = AutoencoderKL.from_pretrained(init / "sd" / "vae", torch_dtype=torch.float32, use_safetensors=True)
-        vae = vae.eval()
-        unet_init = UNet2DConditionModel.from_pretrained(
-            init / "sd" / "unet", torch_dtype=torch.float32, use_safetensors=True
-        )
+        clip, vae, unet_init, earlier = _continuation(Path(cfg.init))
         clip_info, vae_info = earlier["clip"], earlier["vae"]
         scaling = float(vae.config.scaling_factor)
         with torch.no_grad():
@@ -451,6 +435,30 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         "unet": unet_info,
         "torch_threads": torch.get_num_threads(),
     }
+    _save_standin(Path(out), clip, pipe, info)
+    return info
+
+
+def _continuation(init: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The CLIP, VAE and UNet of a stand-in that training continues (``--init``), and its ``training.json``.
+
+    Raises:
+        CheckpointError: ``init`` is not a stand-in written by ``uniemo train base``.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel
+
+    if not all((init / part).exists() for part in ("training.json", "clip", "sd/vae", "sd/unet", "sd/text_encoder")):
+        raise CheckpointError(f"{init} is not a stand-in written by `uniemo train base` (training.json, clip/, sd/)")
+    earlier = json.loads((init / "training.json").read_text())
+    clip = CLIPModel.from_pretrained(init / "clip", dtype=torch.float32, use_safetensors=True).eval()
+    vae = AutoencoderKL.from_pretrained(init / "sd" / "vae", torch_dtype=torch.float32, use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(init / "sd" / "unet", torch_dtype=torch.float32, use_safetensors=True)
+    return clip, vae.eval(), unet, earlier
+
+
+def _save_standin(out: Path, clip: Any, pipe: Any, info: dict[str, Any]) -> None:
+    """Writes ``out/clip``, ``out/sd`` (float16, with the CLIP tokenizer) and ``out/training.json`` atomically."""
     with atomic_directory(out) as tmp:
         _save_half(clip, tmp / "clip")
         save_clip_tokenizer(tmp / "clip")
@@ -462,4 +470,3 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         save_clip_tokenizer(tmp / "sd" / "tokenizer")
         (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("stand-in saved to %s", out)
-    return info

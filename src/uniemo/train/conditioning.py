@@ -121,7 +121,7 @@ def conditioning_report(model: Any, objective: Any, probe: ConditioningProbe, ch
     device = next(model.parameters()).device
     pixels, labels = probe.pixel_values.to(device), probe.labels.to(device)
     with torch.no_grad():
-        conditions = torch.cat([model(p, y)[1] for p, y in zip(pixels.split(chunk), labels.split(chunk))])
+        conditions = torch.cat([model(p, y).condition for p, y in zip(pixels.split(chunk), labels.split(chunk))])
     mean = conditions.mean(0, keepdim=True).expand_as(conditions)
     variants = {"own": conditions, "shuffled": conditions[probe.permutation.to(device)], "mean": mean, "empty": None}
     report: dict[str, float] = {}
@@ -157,7 +157,7 @@ def _gradient_norms(
 ) -> dict[str, float]:
     """‖∂(w·term)/∂c‖ for L_cond and L(θ): which term steers the mappers."""
     with torch.enable_grad():
-        _, condition = model(pixels, labels)
+        condition = model(pixels, labels).condition
         condition = condition.detach().requires_grad_(True)
         j = objective.joint
         out = {}

@@ -145,27 +145,23 @@ def _joint_config(cfg: FeedbackRunConfig, run_dir: Path, extra: Path | None, res
     return joint
 
 
-def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any]:
-    """Runs Alg. 1 as configured; returns (and writes to ``output_dir/report.json``) the comparison.
+def check_feedback_config(cfg: FeedbackRunConfig) -> None:
+    """Refuses settings Alg. 1 cannot run with, before any work.
 
     Raises:
-        ConfigError / DataError / CheckpointError / MetricNetworkError: bad settings, data, checkpoint or network.
+        ConfigError: a required key unset, unknown variants, Emo-A or Sem-C skipped, m < 2, or η, δ, ρ out of range.
     """
-    from uniemo.data.datasets import open_dataset
-    from uniemo.metrics.networks import EmotionFeatureClassifier, train_emotion_classifier
-    from uniemo.metrics.suite import GenerationEvaluator, GenerationMetricsConfig, format_report
-    from uniemo.pipelines.generation import UniEmoPipeline
-    from uniemo.train.joint import train_joint
+    from uniemo.train.loop import require
 
     f = cfg.feedback
-    for key, value, example in (
-        ("output_dir", cfg.output_dir, "runs/feedback"),
-        ("data.root", cfg.data.root, "/data/EmoSet-118K"),
-        ("feedback.checkpoint", f.checkpoint, "runs/joint"),
-        ("feedback.clip", f.clip, "openai/clip-vit-large-patch14"),
-    ):
-        if not value:
-            raise ConfigError(f"{key} is required (e.g. {key}={example})")
+    require(
+        {
+            "output_dir": (cfg.output_dir, "runs/feedback"),
+            "data.root": (cfg.data.root, "/data/EmoSet-118K"),
+            "feedback.checkpoint": (f.checkpoint, "runs/joint"),
+            "feedback.clip": (f.clip, "openai/clip-vit-large-patch14"),
+        }
+    )
     unknown = [v for v in f.variants if v not in VARIANTS]
     if unknown or not f.variants:
         raise ConfigError(f"feedback.variants must list some of {', '.join(VARIANTS)}, got {f.variants}")
@@ -173,8 +169,22 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         raise ConfigError("Alg. 1 ranks by Emo-A and Sem-C: do not list them in feedback.metrics_skip")
     if f.images_per_emotion < 2:
         raise ConfigError("feedback.images_per_emotion must be at least 2")
-    select_images(np.zeros(1), np.zeros(1), np.zeros(1), f.eta, f.delta)  # checks η, δ before any work
+    select_images(np.zeros(1), np.zeros(1), np.zeros(1), f.eta, f.delta)  # checks η, δ
     mix_count(1, f.rho)
+
+
+def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any]:
+    """Runs Alg. 1 as configured; returns (and writes to ``output_dir/report.json``) the comparison.
+
+    Raises:
+        ConfigError / DataError / CheckpointError / MetricNetworkError: bad settings, data, checkpoint or network.
+    """
+    from uniemo.data.datasets import open_dataset
+    from uniemo.metrics.suite import format_report
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    check_feedback_config(cfg)
+    f = cfg.feedback
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -182,7 +192,6 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         import torch
 
         torch.set_num_threads(cfg.threads)
-
     start_dir = resolve_checkpoint(f.checkpoint)
     meta = read_meta(start_dir, JOINT_KIND)
     if not meta.get("finished"):
@@ -192,13 +201,53 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
     if classes != list(meta["classes"]):
         raise ConfigError(f"the dataset's classes ({', '.join(classes)}) differ from {start_dir}'s")
     num_real = len(dataset.split(cfg.data.train_split)[: cfg.data.max_train_samples])
+    suite, emo_clf = _evaluation_suite(cfg, dataset, out)
+    settings = {"steps": f.steps, "guidance": f.guidance, "scheduler": f.scheduler, "seed": cfg.seed}
 
-    # ---- the Emo-A classifier and the evaluation suite -------------------------------------------------------
+    # ---- generate m per emotion with the joint model and score them -----------------------------------------
+    pipe = UniEmoPipeline.from_pretrained(start_dir)
+    images = _generate_all(pipe, start_dir, classes, f.images_per_emotion, out / "generated", settings)
+    del pipe
+    scored = _score(images, classes, suite, emo_clf, out)
+    report: dict[str, Any] = {
+        "checkpoint": str(start_dir),
+        "dataset": str(dataset.root),
+        "m": f.images_per_emotion,
+        "eta": f.eta,
+        "delta": f.delta,
+        "rho": f.rho,
+        "continued_steps": cfg.optim.max_steps,
+        "start": {"accuracy": meta.get("accuracy_after"), "generation": suite.evaluate(images, scored["embeds"])},
+        "variants": {},
+    }
+
+    # ---- each variant: select, mix, continue training, regenerate, evaluate -----------------------------------
+    resolution = int(meta.get("resolution", cfg.joint.resolution))
+    for name in ([BASELINE] if f.baseline else []) + list(dict.fromkeys(f.variants)):
+        variant = _run_variant(cfg, name, out, scored, num_real, resolution, progress)
+        run_dir = variant.pop("run_dir")
+        pipe = UniEmoPipeline.from_pretrained(run_dir)
+        generated = out / "variants" / name / "generated"
+        after = _generate_all(pipe, run_dir, classes, f.images_per_emotion, generated, settings)
+        del pipe
+        report["variants"][name] = {**variant, "generation": suite.evaluate(after)}
+        logger.info("variant %s:\n%s", name, format_report(report["variants"][name]["generation"]))
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_atomic(out / "report.md", format_feedback_report(report))
+    return report
+
+
+def _evaluation_suite(cfg: FeedbackRunConfig, dataset: Any, out: Path) -> tuple[Any, Any]:
+    """The evaluation suite (Emo-A, Sem-C, Sem-D, FID, LPIPS) and the Emo-A classifier (trained on ``feedback.clip``'s
+    image embeddings of the training split when ``feedback.emo_classifier`` is not given)."""
+    from uniemo.metrics.networks import EmotionFeatureClassifier, train_emotion_classifier
+    from uniemo.metrics.suite import GenerationEvaluator, GenerationMetricsConfig
+
+    f = cfg.feedback
     clf_dir = Path(f.emo_classifier) if f.emo_classifier else out / "emo-classifier"
     if not f.emo_classifier and not (clf_dir / "model.json").is_file():
         logger.info("training the Emo-A classifier on %s's CLIP image embeddings", f.clip)
         train_emotion_classifier(dataset.root, f.clip, clf_dir, data_format=cfg.data.format, seed=cfg.seed)
-    emo_clf = EmotionFeatureClassifier.from_pretrained(clf_dir)
     metrics_cfg = GenerationMetricsConfig(
         emo_classifier=str(clf_dir),
         clip=f.clip,
@@ -209,13 +258,12 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         split=cfg.data.test_split,
         skip=tuple(f.metrics_skip),
     )
-    suite = GenerationEvaluator(metrics_cfg, dataset)
-    settings = {"steps": f.steps, "guidance": f.guidance, "scheduler": f.scheduler, "seed": cfg.seed}
+    return GenerationEvaluator(metrics_cfg, dataset), EmotionFeatureClassifier.from_pretrained(clf_dir)
 
-    # ---- generate m per emotion with the joint model and score them -----------------------------------------
-    pipe = UniEmoPipeline.from_pretrained(start_dir)
-    images = _generate_all(pipe, start_dir, classes, f.images_per_emotion, out / "generated", settings)
-    del pipe
+
+def _score(images: dict[str, list], classes: list[str], suite: Any, emo_clf: Any, out: Path) -> dict[str, Any]:
+    """Each generated image's Emo-A score (the classifier's probability of its target emotion) and Sem-C score
+    (``scores.json``); returns them with the images' emotion indices, CLIP embeddings and file records."""
     flat = [(e, i) for e in classes for i in range(len(images[e]))]
     groups = np.array([classes.index(e) for e, _ in flat])
     embeds = suite.clip.embed_images([images[e][i] for e, i in flat])
@@ -226,69 +274,70 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         for (e, i), a, b in zip(flat, emo_scores, sem_scores)
     ]
     write_atomic(out / "scores.json", json.dumps(scores, indent=1))
-    report: dict[str, Any] = {
-        "checkpoint": str(start_dir),
-        "dataset": str(dataset.root),
-        "m": f.images_per_emotion,
-        "eta": f.eta,
-        "delta": f.delta,
-        "rho": f.rho,
-        "continued_steps": cfg.optim.max_steps,
-        "start": {"accuracy": meta.get("accuracy_after"), "generation": suite.evaluate(images, embeds)},
-        "variants": {},
-    }
+    return {"groups": groups, "embeds": embeds, "emo": emo_scores, "sem": sem_scores, "records": scores}
 
-    # ---- each variant: select, mix, continue training, regenerate, evaluate -----------------------------------
-    names = ([BASELINE] if f.baseline else []) + list(dict.fromkeys(f.variants))
-    for name in names:
-        folder = out / "variants" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        extra_file, kept, added = None, 0, 0
-        if name != BASELINE:
-            chosen = select_images(emo_scores, sem_scores, groups, f.eta, f.delta, name)
-            kept = len(chosen)
-            if kept == 0:
-                raise DataError(f"variant '{name}' keeps no generated image (η={f.eta}, δ={f.delta}, m={len(flat)})")
-            mixed = mix_in(chosen, num_real, f.rho, cfg.seed)
-            added = len(mixed)
-            entries = [
-                {"path": str((out / scores[i]["file"]).resolve()), "emotion": scores[i]["emotion"]} for i in mixed
-            ]
-            extra_file = folder / "extra_train.json"
-            write_atomic(extra_file, json.dumps(entries, indent=1))
-        run_dir = folder / "run"
-        joint_cfg = _joint_config(cfg, run_dir, extra_file, int(meta.get("resolution", cfg.joint.resolution)))
-        # what this variant's run is made of: another selection or other joint settings must not reuse it
-        made_of = json.dumps(
-            {"config": config_to_dict(joint_cfg), "extra": _read_json(extra_file) if extra_file else []}
+
+def _run_variant(
+    cfg: FeedbackRunConfig,
+    name: str,
+    out: Path,
+    scored: dict[str, Any],
+    num_real: int,
+    resolution: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """One variant of Alg. 1: select the generated images (none for the baseline), mix ρ·N of them into the
+    training set, continue joint training (resumed if it was interrupted); returns its counts, accuracy and run
+    directory (``run_dir``).
+
+    Raises:
+        DataError: the selection keeps no image.
+        ConfigError: the variant's folder was trained with other settings.
+    """
+    from uniemo.train.joint import train_joint
+
+    f = cfg.feedback
+    folder = out / "variants" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    extra_file, kept, added = None, 0, 0
+    if name != BASELINE:
+        chosen = select_images(scored["emo"], scored["sem"], scored["groups"], f.eta, f.delta, name)
+        kept = len(chosen)
+        if kept == 0:
+            total = len(scored["records"])
+            raise DataError(f"variant '{name}' keeps no generated image (η={f.eta}, δ={f.delta}, m={total})")
+        mixed = mix_in(chosen, num_real, f.rho, cfg.seed)
+        added = len(mixed)
+        records = scored["records"]
+        entries = [
+            {"path": str((out / records[i]["file"]).resolve()), "emotion": records[i]["emotion"]} for i in mixed
+        ]
+        extra_file = folder / "extra_train.json"
+        write_atomic(extra_file, json.dumps(entries, indent=1))
+    run_dir = folder / "run"
+    joint_cfg = _joint_config(cfg, run_dir, extra_file, resolution)
+    # what this variant's run is made of: another selection or other joint settings must not reuse it
+    made_of = json.dumps({"config": config_to_dict(joint_cfg), "extra": _read_json(extra_file) if extra_file else []})
+    recorded = folder / "run-settings.json"
+    if run_dir.exists() and recorded.is_file() and recorded.read_text() != made_of:
+        raise ConfigError(
+            f"{run_dir} was trained with other feedback or joint settings; choose another output_dir or delete "
+            f"{folder}"
         )
-        recorded = folder / "run-settings.json"
-        if run_dir.exists() and recorded.is_file() and recorded.read_text() != made_of:
-            raise ConfigError(
-                f"{run_dir} was trained with other feedback or joint settings; choose another output_dir or delete "
-                f"{folder}"
-            )
-        write_atomic(recorded, made_of)
-        summary = _read_json(run_dir / "summary.json")  # a run killed before it wrote this is resumed
-        if summary is None:
-            resume = (run_dir / "last" / "training_state.json").is_file()
-            logger.info("variant %s: continuing joint training for %d steps", name, cfg.optim.max_steps)
-            train_joint(joint_cfg, resume=resume, progress=progress)
-            summary = json.loads((run_dir / "summary.json").read_text())
-        pipe = UniEmoPipeline.from_pretrained(run_dir)
-        after = _generate_all(pipe, run_dir, classes, f.images_per_emotion, folder / "generated", settings)
-        del pipe
-        report["variants"][name] = {
-            "kept": kept,
-            "added": added,
-            "train_images": num_real + added,
-            "accuracy": summary["accuracy_after"],
-            "generation": suite.evaluate(after),
-        }
-        logger.info("variant %s:\n%s", name, format_report(report["variants"][name]["generation"]))
-    write_atomic(out / "report.json", json.dumps(report, indent=1))
-    write_atomic(out / "report.md", format_feedback_report(report))
-    return report
+    write_atomic(recorded, made_of)
+    summary = _read_json(run_dir / "summary.json")  # a run killed before it wrote this is resumed
+    if summary is None:
+        resume = (run_dir / "last" / "training_state.json").is_file()
+        logger.info("variant %s: continuing joint training for %d steps", name, cfg.optim.max_steps)
+        train_joint(joint_cfg, resume=resume, progress=progress)
+        summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "kept": kept,
+        "added": added,
+        "train_images": num_real + added,
+        "accuracy": summary["accuracy_after"],
+        "run_dir": run_dir,
+    }
 
 
 def format_feedback_report(report: dict[str, Any]) -> str:

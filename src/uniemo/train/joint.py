@@ -1,61 +1,40 @@
-"""Stage 2: joint training of understanding and emotion-conditioned generation (METHOD §3–§5), with accelerate.
+"""Stage 2: joint training of understanding and emotion-conditioned generation (METHOD §3–§5) on the training
+engine (:mod:`.loop`).
 
-Read top to bottom: set up → stage-1 model and data → frozen diffusion model → prior P(e|a) → accuracy before →
-optimiser → (resume) → loop (L_Joint = 0.3·L_U + 0.3·L_cond + 0.4·L(θ)) → emotion space → accuracy after.
-``last/`` is written atomically every ``save_every`` steps (and on Ctrl-C) with the optimiser, scheduler and RNG
-states, so ``--resume`` continues the same run; the finished model (with its emotion space) is ``last/`` with
-``"finished": true``.
+Read top to bottom: stage-1 model and frozen diffusion model → data → prior P(e|a) and accuracy before → optimiser
+→ the step (:class:`JointObjective`: L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ)) and the evaluation hook (test
+accuracy, the conditioning diagnostic) → emotion space → accuracy after. The engine writes ``last/`` atomically
+every ``save_every`` steps (and on Ctrl-C) with the optimiser, scheduler and RNG states, so ``--resume`` continues
+the same run; the finished model (with its emotion space) is ``last/`` with ``"finished": true``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from uniemo.checkpoint import (
-    CONFIG_FILE,
-    atomic_directory,
-    load_training_state,
-    load_weights,
-    read_meta,
-    recover_directory,
-    resolve_checkpoint,
-    save_model,
-    save_training_state,
-    write_atomic,
-)
-from uniemo.config import JointRunConfig, config_to_dict
+from uniemo.checkpoint import load_weights, read_meta, resolve_checkpoint
+from uniemo.config import JointRunConfig
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset, per_class
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError
-from uniemo.losses import supervised_contrastive
+from uniemo.losses import condition_loss, diffusion_loss, understanding_loss
 from uniemo.metrics.classification import classification_report
-from uniemo.models.diffusion import diffusion_loss, load_stable_diffusion
+from uniemo.models.alpha import classifier_prior, cooccurrence_prior, train_prior_head
+from uniemo.models.diffusion import load_stable_diffusion
+from uniemo.models.emotion_space import emotion_space
 from uniemo.models.factory import is_architecture_name
-from uniemo.models.fusion import classifier_prior, cooccurrence_prior, emotion_space, train_prior_head
-from uniemo.models.uniemo import PromptEncoder, UniEmoModel, sdxl_time_ids
+from uniemo.models.placeholder import PromptEncoder, sdxl_time_ids
+from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
 from uniemo.train.conditioning import conditioning_report, make_probe, token_norms
-from uniemo.train.understanding import (
-    TrainingError,
-    append_jsonl,
-    check_resumable,
-    config_yaml_text,
-    cosine_with_warmup,
-    end_training,
-    flat_dict,
-    param_groups,
-    training_loader,
-    understanding_loss,
-)
+from uniemo.train.loop import Run, Trainer, TrainingError, adamw_cosine, open_run, require, training_loader
+from uniemo.train.understanding import param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -283,26 +262,59 @@ def read_extra_samples(path: str | Path, classes: list[str]) -> list[Sample]:
     return samples
 
 
-def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True) -> JointSummary:
-    """Runs stage 2 as configured and returns its :class:`JointSummary`.
+@dataclass
+class JointData:
+    """The splits a joint run reads: training (with ``joint.extra_train``), test (accuracy), and the images the
+    emotion space is built from (at most ``joint.space_max_images``, every emotion alike)."""
+
+    root: str
+    train_samples: list[Sample]
+    extra_samples: list[Sample]
+    train_set: EmotionImageDataset
+    test_set: EmotionImageDataset
+    space_set: EmotionImageDataset
+    held_out: list[Sample]
+
+
+def joint_data(cfg: JointRunConfig, start: JointStart) -> JointData:
+    """The datasets of a joint run, in the stage-1 model's views (CLIP input; the diffusion view at
+    ``joint.resolution``).
 
     Raises:
-        ConfigError / DataError / CheckpointError: bad configuration, data, stage-1 checkpoint or diffusion model.
-        TrainingError: a non-finite loss or an interruption (the state is saved in ``output_dir/last``).
+        ConfigError: the dataset's classes differ from the model's.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    j, bad = cfg.joint, cfg.data.on_bad_image
+    dataset = open_dataset(cfg.data.root, cfg.data.format, cfg.data.fold)
+    if list(dataset.classes) != start.classes:
+        raise ConfigError(
+            f"the dataset's classes ({', '.join(dataset.classes)}) differ from the stage-1 model's "
+            f"({', '.join(start.classes)}): joint training continues stage 1 on the same label set"
+        )
+    train_samples = dataset.split(cfg.data.train_split)[: cfg.data.max_train_samples]
+    extra = read_extra_samples(j.extra_train, start.classes) if j.extra_train else []
+    test_samples = dataset.split(cfg.data.test_split)
+    size = start.model.understanding.image_size
+    augmented, plain = ClipTransform(size, augment=cfg.data.augment), ClipTransform(size)
+    vocabs = (start.scene_vocab, start.object_vocab)
+    train_set = EmotionImageDataset(train_samples + extra, augmented, *vocabs, cfg.seed, bad, j.resolution)
+    space = _stratified(train_samples, j.space_max_images, len(start.classes))
+    held_out = dataset.split(cfg.data.val_split) if cfg.data.val_split in dataset.splits else test_samples
+    return JointData(
+        str(dataset.root),
+        train_samples,
+        extra,
+        train_set,
+        EmotionImageDataset(test_samples, plain, on_bad_image=bad),
+        EmotionImageDataset(space, plain, on_bad_image=bad),
+        held_out,
+    )
 
-    j = cfg.joint
-    for key, value, example in (
-        ("output_dir", cfg.output_dir, "runs/joint"),
-        ("data.root", cfg.data.root, "/data/EmoSet-118K"),
-        ("joint.understanding", j.understanding or j.init_from, "runs/stage1"),
-    ):
-        if not value:
-            raise ConfigError(f"{key} is required (e.g. {key}={example})")
+
+def check_joint_config(cfg: JointRunConfig) -> None:
+    """Refuses joint settings no run can use (the trainer's own checks, before anything is loaded)."""
     from uniemo.pipelines.generation import SCHEDULERS
 
+    j = cfg.joint
     if j.sampling_scheduler is not None and j.sampling_scheduler not in SCHEDULERS:
         raise ConfigError(
             f"joint.sampling_scheduler must be one of {', '.join(SCHEDULERS)}, got {j.sampling_scheduler!r}"
@@ -315,311 +327,207 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         raise ConfigError(
             f"joint.transfer_template must hold {{content}} and {{placeholder}} once each, got {j.transfer_template!r}"
         )
-    out_dir = Path(cfg.output_dir)
-    last_dir = recover_directory(out_dir / "last")
-    if resume and not (last_dir / "training_state.json").is_file():
-        raise ConfigError(f"nothing to resume: {last_dir} has no training state (start without --resume)")
-    if not resume and last_dir.exists():
-        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another output_dir")
-    if resume:
-        check_resumable(last_dir / CONFIG_FILE, cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
 
-    from accelerate.utils import DistributedDataParallelKwargs
 
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
-        log_with="tensorboard",
-        project_dir=str(out_dir / "logs"),
-        # without queries (query_mode none) M_S and M_O receive no gradient
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    set_seed(cfg.seed)
-    is_main = accelerator.is_main_process
-    device = accelerator.device
-
-    # ---- stage-1 model, diffusion model, data -----------------------------------------------------------------
-    start = build_joint_model(cfg, cfg.seed)
-    model, pipe, encoder, classes = start.model, start.pipe, start.encoder, start.classes
-    dataset = open_dataset(cfg.data.root, cfg.data.format, cfg.data.fold)
-    if list(dataset.classes) != classes:
-        raise ConfigError(
-            f"the dataset's classes ({', '.join(dataset.classes)}) differ from the stage-1 model's "
-            f"({', '.join(classes)}): joint training continues stage 1 on the same label set"
-        )
-    train_samples = dataset.split(cfg.data.train_split)[: cfg.data.max_train_samples]
-    extra_samples = read_extra_samples(j.extra_train, classes) if j.extra_train else []
-    test_samples = dataset.split(cfg.data.test_split)
-    scene_vocab, object_vocab = start.scene_vocab, start.object_vocab
-    u = model.understanding
-    transform = ClipTransform(u.image_size, augment=cfg.data.augment)
-    train_set = EmotionImageDataset(
-        train_samples + extra_samples,
-        transform,
-        scene_vocab,
-        object_vocab,
-        cfg.seed,
-        cfg.data.on_bad_image,
-        j.resolution,
-    )
-    eval_transform = ClipTransform(u.image_size)
-    test_set = EmotionImageDataset(test_samples, eval_transform, on_bad_image=cfg.data.on_bad_image)
-    space_samples = _stratified(train_samples, j.space_max_images, len(classes))
-    space_set = EmotionImageDataset(space_samples, eval_transform, on_bad_image=cfg.data.on_bad_image)
-
-    vae, unet = pipe.vae, pipe.unet
-    # Training noise follows DDPM whatever sampler the pipeline ships (SDXL's Euler scheduler scales noise by σ).
+def freeze_diffusion(start: JointStart, device: Any, mixed_precision: str) -> tuple[Any, torch.dtype]:
+    """Freezes the VAE, UNet and text encoder(s) on ``device`` in the mixed-precision dtype; returns the DDPM
+    scheduler that draws the training noise (whatever sampler the pipeline ships: SDXL's Euler scales noise by σ)
+    and that dtype."""
     from diffusers import DDPMScheduler
 
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    for part in (vae, unet, *(inj.text_encoder for inj in encoder.injectors)):
+    pipe = start.pipe
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    for part in (pipe.vae, pipe.unet, *(inj.text_encoder for inj in start.encoder.injectors)):
         part.requires_grad_(False).eval().to(device)
         if weight_dtype != torch.float32:
             part.to(dtype=weight_dtype)
+    return DDPMScheduler.from_config(pipe.scheduler.config), weight_dtype
 
-    stage1_extra = start.stage1_extra
-    text_spec = stage1_extra.get("text_model") or stage1_extra.get("backbone") or ""
-    if cfg.optim.backbone_lr_scale == 0:
-        u.vision.requires_grad_(False)
 
-    loader, sampler, micro_batch, steps_per_epoch = training_loader(train_set, cfg, accelerator.num_processes)
-    total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
-    save_every = cfg.save_every or total_steps
+def before_training(cfg: JointRunConfig, start: JointStart, data: JointData, run: Run, batch: int) -> dict[str, Any]:
+    """Fills the prior P(e | a) (a new model; a continued one brings its own) and measures the test accuracy
+    before joint training (main process); both are kept with the run."""
+    if start.joint_meta is not None:
+        prior = start.joint_meta.get("prior", "")
+    else:
+        extra = start.stage1_extra
+        text_spec = extra.get("text_model") or extra.get("backbone") or ""
+        vocabs = (start.scene_vocab, start.object_vocab)
+        template = extra.get("attribute_template", "{}")
+        device = run.accelerator.device
+        prior = compute_prior(cfg, start.model, data.train_samples, *vocabs, text_spec, device, template)
+    accuracy = _accuracy(start.model, data.test_set, start.classes, batch) if run.is_main else float("nan")
+    run.accelerator.wait_for_everyone()
+    if run.is_main:
+        logger.info("prior: %s; test accuracy before joint training %.2f%%", prior, 100 * accuracy)
+    return {"prior": prior, "accuracy_before": accuracy}
 
-    counters: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_images": 0}
-    model.to(device)
-    if not resume:
-        if start.joint_meta is not None:  # continuing a joint model: its priors come with its weights
-            prior_used = start.joint_meta.get("prior", "")
-        else:
-            template = stage1_extra.get("attribute_template", "{}")
-            prior_used = compute_prior(
-                cfg, model, train_samples, scene_vocab, object_vocab, text_spec, device, template
-            )
-        counters["prior"] = prior_used
-        counters["accuracy_before"] = _accuracy(model, test_set, classes, micro_batch) if is_main else float("nan")
-        accelerator.wait_for_everyone()
-        if is_main:
-            logger.info(
-                "prior: %s; test accuracy before joint training %.2f%%", prior_used, 100 * counters["accuracy_before"]
-            )
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    warmup = int(cfg.optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
-    if resume:
-        load_weights(last_dir, model)
-        counters = load_training_state(last_dir, optimizer, scheduler)
-        logger.info("resuming at step %d (epoch %d)", counters["step"], counters["epoch"])
-    if j.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        u.gradient_checkpointing = True
-    if cfg.compile:
-        model.understanding.compile()  # in place: the state dict keeps its names
-        unet.compile()
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if resume and accelerator.scaler is not None and "grad_scaler" in counters:
-        accelerator.scaler.load_state_dict(counters["grad_scaler"])
-
-    meta = {
+def joint_meta(cfg: JointRunConfig, start: JointStart, trainer: Trainer, data: JointData) -> dict[str, Any]:
+    """The joint checkpoint's ``model.json`` (``finished`` false until the emotion space is in)."""
+    j, parent, values = cfg.joint, start.joint_meta, trainer.state.values
+    return {
         "kind": JOINT_KIND,
-        "architecture": accelerator.unwrap_model(model).architecture(),
-        "classes": classes,
-        "scene_vocab": scene_vocab,
-        "object_vocab": object_vocab,
-        "diffusion": start.joint_meta["diffusion"] if start.joint_meta else spec_for_meta(j.diffusion),
+        "architecture": trainer.unwrapped.architecture(),
+        "classes": start.classes,
+        "scene_vocab": start.scene_vocab,
+        "object_vocab": start.object_vocab,
+        "diffusion": parent["diffusion"] if parent else spec_for_meta(j.diffusion),
         # rebuilds the random tiny-sd / tiny-sdxl test models alike
-        "diffusion_seed": start.joint_meta.get("diffusion_seed", 0) if start.joint_meta else cfg.seed,
+        "diffusion_seed": parent.get("diffusion_seed", 0) if parent else cfg.seed,
         "resolution": j.resolution,
         "placeholder": j.placeholder,
         "template": j.template,
         "transfer_template": j.transfer_template,
-        "prior": counters["prior"],
+        "prior": values["prior"],
         "condition_loss": j.condition_loss,
-        "sampling": _sampling_defaults(j, start.joint_meta),
-        "stage1": start.joint_meta["stage1"] if start.joint_meta else spec_for_meta(j.understanding),
+        "sampling": _sampling_defaults(j, parent),
+        "stage1": parent["stage1"] if parent else spec_for_meta(j.understanding),
         "init_from": spec_for_meta(j.init_from) if j.init_from else None,
-        "extra_train": len(extra_samples),
-        "accuracy_before": counters["accuracy_before"],
+        "extra_train": len(data.extra_samples),
+        "accuracy_before": values["accuracy_before"],
         "finished": False,
-        "extra": {"dataset": str(dataset.root), "temperature": model_temperature(accelerator.unwrap_model(model))},
+        "extra": {"dataset": data.root, "temperature": model_temperature(trainer.unwrapped)},
     }
-    config_yaml = config_yaml_text(cfg)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.init_trackers("joint", config=flat_dict(config_to_dict(cfg)))
+
+
+def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True) -> JointSummary:
+    """Runs stage 2 as configured and returns its :class:`JointSummary`.
+
+    Raises:
+        ConfigError / DataError / CheckpointError: bad configuration, data, stage-1 checkpoint or diffusion model.
+        TrainingError: a non-finite loss or an interruption (the state is saved in ``output_dir/last``).
+    """
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    j = cfg.joint
+    required = {
+        "output_dir": (cfg.output_dir, "runs/joint"),
+        "data.root": (cfg.data.root, "/data/EmoSet-118K"),
+        "joint.understanding": (j.understanding or j.init_from, "runs/stage1"),
+    }
+    require(required)
+    check_joint_config(cfg)
+    # without queries (query_mode none) M_S and M_O receive no gradient
+    run = open_run(cfg, resume, required, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+    # ---- models and data --------------------------------------------------------------------------------------
+    start = build_joint_model(cfg, cfg.seed)
+    model, encoder, data = start.model, start.encoder, joint_data(cfg, start)
+    noise_scheduler, weight_dtype = freeze_diffusion(start, run.accelerator.device, cfg.mixed_precision)
+    if cfg.optim.backbone_lr_scale == 0:
+        model.understanding.vision.requires_grad_(False)
+    loader, sampler, micro_batch, steps_per_epoch = training_loader(data.train_set, cfg, run.accelerator.num_processes)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
+    model.to(run.accelerator.device)
+    values = {} if resume else before_training(cfg, start, data, run, micro_batch)
+
+    # ---- optimiser and the engine -------------------------------------------------------------------------------
+    optimizer, scheduler = adamw_cosine(_param_groups(model, cfg), cfg.optim, total_steps)
+    if j.gradient_checkpointing:
+        start.pipe.unet.enable_gradient_checkpointing()
+        model.understanding.gradient_checkpointing = True
+    if cfg.compile:
+        model.understanding.compile()  # in place: the state dict keeps its names
+        start.pipe.unet.compile()
+    trainer = Trainer(run, "joint", model, optimizer, scheduler, loader, sampler, total_steps, cfg.save_every, values)
+    trainer.meta = joint_meta(cfg, start, trainer, data)
+    if run.is_main:
         logger.info(
             "stage 2: %d train images (%d generated), %s (%s), L_cond=%s, α=%s, %d steps of batch %d",
-            len(train_set),
-            len(extra_samples),
-            meta["diffusion"],
-            "SDXL" if encoder.is_xl else "SD",
-            j.condition_loss,
-            j.alpha,
-            total_steps,
-            cfg.optim.batch_size,
+            *(len(data.train_set), len(data.extra_samples), trainer.meta["diffusion"]),
+            *("SDXL" if encoder.is_xl else "SD", j.condition_loss, j.alpha, total_steps, cfg.optim.batch_size),
         )
+    vae, unet = start.pipe.vae, start.pipe.unet
+    vocabs = (list(start.scene_vocab), list(start.object_vocab))
+    objective = JointObjective(encoder, vae, unet, noise_scheduler, j, cfg.loss, weight_dtype, *vocabs)
 
-    def save_last(extra: dict[str, Any] | None = None) -> None:
-        if is_main:
-            if accelerator.scaler is not None:  # fp16: the loss scale continues on resume
-                counters["grad_scaler"] = accelerator.scaler.state_dict()
-            with atomic_directory(last_dir) as tmp:
-                save_model(tmp, accelerator.unwrap_model(model), {**meta, **(extra or {})}, config_yaml)
-                save_training_state(tmp, optimizer, scheduler, counters)
-        accelerator.wait_for_everyone()
+    # ---- the step, the loop, the emotion space ------------------------------------------------------------------
+    def step(batch: dict[str, Any], state: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Diffusion noise and timesteps: one generator per (seed, step, process): a resumed run draws alike.
+        process = run.accelerator.process_index
+        seed = cfg.seed * 1_000_003 + state.batch_in_epoch * 7919 + state.epoch * 104_729 + process
+        return objective(trainer.model, trainer.unwrapped, batch, torch.Generator().manual_seed(seed))
 
-    objective = JointObjective(
-        encoder, vae, unet, noise_scheduler, j, cfg.loss, weight_dtype, list(scene_vocab), list(object_vocab)
-    )
-    # ---- the conditioning diagnostic (does the UNet use c?) on a fixed held-out batch --------------------------
-    probe = None
-    if is_main and j.diagnostic_images:
-        held_out = dataset.split(cfg.data.val_split) if cfg.data.val_split in dataset.splits else test_samples
-        probe = make_probe(
-            held_out, u.image_size, j.resolution, vae, j.diagnostic_images, j.diagnostic_draws, cfg.seed
-        )
-
-    diagnosis: dict[str, Any] = {}
-
-    def diagnose(step: int) -> None:
-        if probe is None:
-            return
-        report = conditioning_report(accelerator.unwrap_model(model), objective, probe)
-        accelerator.log(report, step=step)
-        append_jsonl(out_dir / "metrics.jsonl", {"step": step, **report})
-        diagnosis.clear()
-        diagnosis.update(step=step, **report)
-
-    # ---- loop -------------------------------------------------------------------------------------------------
-    model.train()
-    bar = tqdm(total=total_steps, initial=counters["step"], desc="joint", disable=not (progress and is_main))
-    start_time, start_step = time.perf_counter(), counters["step"]
-    running, last_logs = {}, {}
-    synced_batch = counters["batch_in_epoch"]
-    try:
-        if counters["step"] == 0:
-            diagnose(0)
-        while counters["step"] < total_steps:
-            sampler.begin_epoch(
-                counters["epoch"], skip=counters["batch_in_epoch"] * micro_batch * accelerator.num_processes
-            )
-            train_set.begin_epoch(counters["epoch"])
-            for batch in loader:
-                counters["batch_in_epoch"] += 1
-                counters["skipped_images"] += len(batch["bad"])
-                if "pixel_values" not in batch:
-                    continue
-                # Diffusion noise and timesteps: one generator per (seed, step, process): a resumed run draws alike.
-                gen = torch.Generator().manual_seed(
-                    cfg.seed * 1_000_003
-                    + counters["batch_in_epoch"] * 7919
-                    + counters["epoch"] * 104_729
-                    + accelerator.process_index
-                )
-                with accelerator.accumulate(model):
-                    loss, parts = objective(model, accelerator.unwrap_model(model), batch, gen)
-                    if not torch.isfinite(loss):
-                        kept = (
-                            f"the last good checkpoint is in {last_dir}" if last_dir.exists() else "no checkpoint yet"
-                        )
-                        raise TrainingError(
-                            f"the loss became {loss.item()} at step {counters['step']} ({kept}); lower optim.lr / "
-                            "joint.mapper_lr or use mixed_precision=no"
-                        )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    parts["loss/total"] = loss.detach()
-                for key, value in parts.items():
-                    running[key] = running.get(key, 0.0) + float(value)
-                running["_n"] = running.get("_n", 0.0) + 1
-                if not accelerator.sync_gradients:
-                    continue
-                counters["step"] += 1
-                synced_batch = counters["batch_in_epoch"]  # an interruption resumes after this batch
-                bar.update(1)
-                step = counters["step"]
-                if step % cfg.log_every == 0 or step == total_steps:
-                    n = running.pop("_n")
-                    last_logs = {k: v / n for k, v in running.items()}
-                    accelerator.log(last_logs, step=step)
-                    if is_main:
-                        append_jsonl(out_dir / "metrics.jsonl", {"step": step, **last_logs})
-                    bar.set_postfix(loss=f"{last_logs['loss/total']:.3f}", diff=f"{last_logs['loss/diffusion']:.3f}")
-                    running = {}
-                if cfg.eval_every and step % cfg.eval_every == 0 and is_main:
-                    acc = _accuracy(accelerator.unwrap_model(model), test_set, classes, micro_batch)
-                    append_jsonl(out_dir / "metrics.jsonl", {"step": step, "test_accuracy": acc})
-                    bar.write(f"step {step}: test accuracy {acc:.2%}")
-                    diagnose(step)
-                if step % save_every == 0 and step < total_steps:
-                    save_last()
-                if step >= total_steps:
-                    break
-            else:
-                counters["epoch"] += 1
-                counters["batch_in_epoch"] = synced_batch = 0
-    except KeyboardInterrupt:
-        bar.close()
-        counters["batch_in_epoch"] = synced_batch  # micro-batches after the last optimiser step are redone
-        save_last()
-        raise TrainingError(
-            f"interrupted at step {counters['step']}; the state is saved in {last_dir}: add --resume to continue"
-        ) from None
-    except BaseException:
-        bar.close()  # ends the progress line, so the error message starts on its own line
-        raise
-    bar.close()
-    elapsed = time.perf_counter() - start_time
-
-    # ---- emotion space, accuracy after ------------------------------------------------------------------------
-    unwrapped = accelerator.unwrap_model(model)
-    accuracy_after = float("nan")
-    if is_main:
-        if diagnosis.get("step") != counters["step"]:
-            diagnose(counters["step"])
-        feats = dataset_features(unwrapped, space_set, micro_batch)
-        try:
-            bank = int(unwrapped.hparams.get("space_bank", 0))
-            space = emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed)
-            unwrapped.set_emotion_space(space)
-        except ValueError as err:
-            save_last()
-            raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {last_dir})") from None
-        accuracy_after = _accuracy(unwrapped, test_set, classes, micro_batch)
-        logger.info(
-            "test accuracy %.2f%% before joint training, %.2f%% after",
-            100 * counters["accuracy_before"],
-            100 * accuracy_after,
-        )
-    counters["accuracy_after"] = accuracy_after
-    if counters["skipped_images"] and is_main:
-        logger.warning("skipped %d unreadable training images (data.on_bad_image=skip)", counters["skipped_images"])
-    save_last({"finished": True, "accuracy_after": accuracy_after, "steps": counters["step"]})
-    end_training(accelerator)
+    evaluate = JointEvaluation(trainer, objective, data, micro_batch)
+    if trainer.state.step == 0:
+        evaluate.diagnose(0)
+    losses = trainer.fit(step, evaluate, progress, postfix={"loss": "loss/total", "diff": "loss/diffusion"})
+    accuracy_after = build_emotion_space(trainer, evaluate, data, micro_batch) if run.is_main else float("nan")
+    trainer.state.values["accuracy_after"] = accuracy_after
+    trainer.save_last({"finished": True, "accuracy_after": accuracy_after, "steps": trainer.state.step})
     summary = JointSummary(
-        accuracy_before=counters["accuracy_before"],
+        accuracy_before=trainer.state.values["accuracy_before"],
         accuracy_after=accuracy_after,
-        steps=counters["step"],
-        seconds=elapsed,
-        seconds_per_step=elapsed / max(1, counters["step"] - start_step),
-        losses=last_logs,
-        output_dir=str(out_dir),
-        main_process=is_main,
-        skipped_images=counters["skipped_images"],
-        conditioning=dict(diagnosis),
+        steps=trainer.state.step,
+        seconds=trainer.seconds,
+        seconds_per_step=trainer.seconds / max(1, trainer.steps_run),
+        losses=losses,
+        output_dir=str(run.out_dir),
+        main_process=run.is_main,
+        skipped_images=trainer.state.skipped_images,
+        conditioning=dict(evaluate.diagnosis),
     )
-    if is_main:
-        write_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
-    return summary
+    return trainer.finish(summary)
+
+
+class JointEvaluation:
+    """After every ``eval_every``-th step (main process): test accuracy (``metrics.jsonl`` ``test_accuracy``) and
+    the conditioning diagnostic (:meth:`diagnose`): L(θ) on a fixed held-out batch with each image's own c,
+    shuffled c, the emotion space's mean c and the empty prompt (:func:`~uniemo.train.conditioning
+    .conditioning_report`); the last one is kept in ``diagnosis``. The engine's ``after_step`` hook."""
+
+    def __init__(self, trainer: Trainer, objective: JointObjective, data: JointData, batch: int) -> None:
+        self.trainer, self.objective, self.data, self.batch = trainer, objective, data, batch
+        self.diagnosis: dict[str, Any] = {}
+        j, model = trainer.cfg.joint, trainer.unwrapped
+        self.probe = None
+        if trainer.run.is_main and j.diagnostic_images:
+            vae, size = objective.vae, model.understanding.image_size
+            draws, seed = j.diagnostic_draws, trainer.cfg.seed
+            self.probe = make_probe(data.held_out, size, j.resolution, vae, j.diagnostic_images, draws, seed)
+
+    def diagnose(self, step: int) -> None:
+        if self.probe is None:
+            return
+        report = conditioning_report(self.trainer.unwrapped, self.objective, self.probe)
+        self.trainer.log(report, step)
+        self.diagnosis.clear()
+        self.diagnosis.update(step=step, **report)
+
+    def __call__(self, step: int) -> None:
+        every = self.trainer.cfg.eval_every
+        if not (every and step % every == 0 and self.trainer.run.is_main):
+            return
+        classes = list(self.trainer.meta["classes"])
+        accuracy = _accuracy(self.trainer.unwrapped, self.data.test_set, classes, self.batch)
+        self.trainer.log({"test_accuracy": accuracy}, step)
+        self.trainer.say(f"step {step}: test accuracy {accuracy:.2%}")
+        self.diagnose(step)
+
+
+def build_emotion_space(trainer: Trainer, evaluate: JointEvaluation, data: JointData, batch: int) -> float:
+    """The final diagnostic, the emotion space from ``data.space_set``'s features, and the test accuracy after.
+
+    Raises:
+        DataError: the space cannot be built (an emotion without images); the weights are saved first.
+    """
+    model, cfg = trainer.unwrapped, trainer.cfg
+    if evaluate.diagnosis.get("step") != trainer.state.step:
+        evaluate.diagnose(trainer.state.step)
+    feats = dataset_features(model, data.space_set, batch)
+    classes = list(trainer.meta["classes"])
+    try:
+        bank = int(model.hparams.get("space_bank", 0))
+        model.set_emotion_space(emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed))
+    except ValueError as err:
+        trainer.save_last()
+        where = trainer.run.last_dir
+        raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {where})") from None
+    accuracy = _accuracy(model, data.test_set, classes, batch)
+    before = trainer.state.values["accuracy_before"]
+    logger.info("test accuracy %.2f%% before joint training, %.2f%% after", 100 * before, 100 * accuracy)
+    return accuracy
 
 
 def _stratified(samples: list, limit: int, num_classes: int) -> list:
@@ -666,7 +574,8 @@ class JointObjective:
         sample, the noise and the timesteps."""
         j = self.joint
         labels = batch["label"]
-        out, condition = model(batch["pixel_values"], labels)
+        forward = model(batch["pixel_values"], labels)
+        out, condition = forward.understanding, forward.condition
         vocab = {"scene": base.understanding.scene_vocab_embeds, "object": base.understanding.object_vocab_embeds}
         loss_u, parts = understanding_loss(out, batch, vocab, self.weights, model_temperature(base))
         loss_cond = self.condition_term(base, condition, labels)
@@ -732,7 +641,9 @@ class JointObjective:
 
     def condition_term(self, model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """L_cond of c (B, Σ d_c) with emotion labels (B,), or None when ``joint.condition_loss`` is ``none``."""
-        return _condition_loss(model, condition, labels, self.joint)
+        j = self.joint
+        logits = model.condition_logits(condition) if j.condition_loss == "ce" else None
+        return condition_loss(j.condition_loss, condition, labels, j.condition_temperature, logits)
 
 
 def content_words(scene: str | None, obj: str | None) -> str | None:
@@ -744,11 +655,3 @@ def content_words(scene: str | None, obj: str | None) -> str | None:
     if scene and obj:
         text += f" with {'an' if obj[0] in 'aeiou' else 'a'} {obj}"
     return text
-
-
-def _condition_loss(model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor, j: Any) -> torch.Tensor | None:
-    if j.condition_loss == "supcon":
-        return supervised_contrastive(condition, labels, j.condition_temperature)
-    if j.condition_loss == "ce":
-        return F.cross_entropy(model.condition_logits(condition).float(), labels)
-    return None
