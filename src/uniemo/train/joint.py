@@ -409,7 +409,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     require(required)
     check_joint_config(cfg)
     # without queries (query_mode none) M_S and M_O receive no gradient
-    run = open_run(cfg, resume, required, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    run = open_run(cfg, resume, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
     # ---- models and data --------------------------------------------------------------------------------------
     start = build_joint_model(cfg, cfg.seed)

@@ -118,24 +118,22 @@ class Run:
         return bool(self.accelerator.is_main_process)
 
 
-def open_run(
-    cfg: Any, resume: bool, required: dict[str, tuple[Any, str]], kept: tuple[str, ...] = ("last",), **accelerate: Any
-) -> Run:
+def open_run(cfg: Any, resume: bool, kept: tuple[str, ...] = ("last",), **accelerate: Any) -> Run:
     """Checks the run directory and opens the run: threads, Accelerator (``accelerate`` are extra keyword
     arguments), seed.
 
+    The stage checks its required keys first (:func:`require`).
+
     Args:
-        required: config key → (its value, an example) for the keys a run cannot start without.
         kept: the run's checkpoint directories (a half-written one is recovered; an existing one refuses a new run).
 
     Raises:
-        ConfigError: a required key is unset, the directory holds a run (without ``resume``), there is nothing to
+        ConfigError: the directory holds a run (without ``resume``), there is nothing to
             resume, or the config changes the run being resumed.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    require(required)
     out_dir = Path(cfg.output_dir)
     last_dir = out_dir / "last"
     existing = [name for name in kept if recover_directory(out_dir / name).exists()]

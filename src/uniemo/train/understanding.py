@@ -25,7 +25,15 @@ from uniemo.metrics.classification import classification_report
 from uniemo.models.factory import encode_texts, load_clip_text, load_clip_vision
 from uniemo.models.understanding import ExpertQueryCLIP
 from uniemo.pipelines.classifier import checkpoint_meta, predict_dataset
-from uniemo.train.loop import Trainer, TrainingError, adamw_cosine, append_jsonl, open_run, training_loader
+from uniemo.train.loop import (
+    Trainer,
+    TrainingError,
+    adamw_cosine,
+    append_jsonl,
+    open_run,
+    require,
+    training_loader,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +132,8 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
         TrainingError: a non-finite loss (the last good checkpoint stays in ``output_dir/last``).
     """
     required = {"output_dir": (cfg.output_dir, "runs/my-run"), "data.root": (cfg.data.root, "/data/EmoSet-118K")}
-    run = open_run(cfg, resume, required, kept=("last", "best"))
+    require(required)
+    run = open_run(cfg, resume, kept=("last", "best"))
 
     # ---- data and attribute text embeddings -------------------------------------------------------------------
     dataset = open_dataset(cfg.data.root, cfg.data.format, cfg.data.fold)
