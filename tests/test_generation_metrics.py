@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from uniemo.errors import CheckpointError, MetricNetworkError, UniEmoError
 from uniemo.metrics.generation import (
@@ -343,6 +344,9 @@ def test_inception_matches_torch_fidelity(tmp_path):
     torch.save(_random_inception_state(fidelity, seed=2), tmp_path / "other.pth")
     other = load_inception(tmp_path / "other.pth")(images[:3])
     assert (other - expected[:3]).abs().max() > 1.0
+    # The same weights stored as safetensors give the same features.
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "inception.safetensors"))
+    torch.testing.assert_close(load_inception(tmp_path / "inception.safetensors")(images), expected, atol=1e-5, rtol=0)
 
     # FID of these features as torchmetrics computes it.
     metric = FrechetInceptionDistance(feature=_StoredFeatures(2048))

@@ -19,10 +19,10 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -354,9 +354,10 @@ class InceptionFeatures(torch.nn.Module):
 
     It is torch-fidelity's TensorFlow-compatible Inception-V3 (the network of published FID numbers), built
     from its weight file on disk. The file is read here without unpickling code (``torch.load`` with
-    ``weights_only=True``, or a ``.safetensors`` file) and its tensors are handed to torch-fidelity's
-    constructor: torch-fidelity itself would read a given file with ``torch.load(weights_only=False)``, which runs
-    whatever the pickle names, and would download the weights when given no file.
+    ``weights_only=True``, or a ``.safetensors`` file) and only its tensors, saved again to a temporary file, are
+    given to torch-fidelity's constructor: torch-fidelity itself would read the user's file with
+    ``torch.load(weights_only=False)``, which runs whatever the pickle names, and would download the weights
+    when given no file.
 
     Raises:
         MetricNetworkError: torch-fidelity is not importable, or the weight file is missing.
@@ -382,30 +383,25 @@ class InceptionFeatures(torch.nn.Module):
                 "between runs with the same CLIP, not with published FID)"
             )
         state = _read_state_dict(path)
-        handed: list[bool] = []
-
-        def hand_over(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-            handed.append(True)
-            return state
-
-        # Without a path torch-fidelity fetches its state dict with load_state_dict_from_url (a module global),
-        # then load_state_dict()s it strictly: that fetch is replaced by the tensors read above.
-        unknown = MetricNetworkError(
-            f"torch-fidelity {getattr(torch_fidelity, '__version__', '?')} builds its Inception-V3 in a way uniemo "
-            "does not know (tested with 0.4.0); install torch-fidelity 0.4, or pass --fid-network clip"
-        )
-        if not hasattr(fidelity, "load_state_dict_from_url"):
-            raise unknown
         try:
-            with mock.patch.object(fidelity, "load_state_dict_from_url", hand_over):
-                net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+            # torch-fidelity reads a weight file with torch.load(weights_only=False): it is handed a file written
+            # here from the tensors read above, so that what it unpickles is only those tensors.
+            with tempfile.TemporaryDirectory(prefix="uniemo-inception-") as tmp:
+                plain = Path(tmp) / INCEPTION_FILE
+                torch.save(state, plain)
+                net = fidelity.FeatureExtractorInceptionV3(
+                    "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(plain)
+                )
+        except TypeError:  # a version whose constructor takes no weights path
+            raise MetricNetworkError(
+                f"torch-fidelity {getattr(torch_fidelity, '__version__', '?')} builds its Inception-V3 in a way "
+                "uniemo does not know (tested with 0.4.0); install torch-fidelity 0.4, or pass --fid-network clip"
+            ) from None
         except RuntimeError as error:  # missing or unexpected keys, wrong shapes
             detail = " ".join(str(error).split())
             raise CheckpointError(
                 f"{path} does not hold torch-fidelity's Inception-V3 weights: {detail[:400]}"
             ) from error
-        if not handed:
-            raise unknown
         self.net = net
         self.eval().requires_grad_(False)
 
