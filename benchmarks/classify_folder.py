@@ -41,6 +41,7 @@ def main() -> int:
 
     env = setup()
 
+    from uniemo.models.configs import ExpertQueryConfig
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
     from uniemo.pipelines.classifier import EmotionClassifier
@@ -58,7 +59,9 @@ def main() -> int:
             )
         paths.append(path)
 
-    model = ExpertQueryCLIP(load_clip_vision(args.arch), 8, 64, num_scene_queries=8, num_object_queries=8)
+    model = ExpertQueryCLIP(
+        load_clip_vision(args.arch), ExpertQueryConfig(8, 64, num_scene_queries=8, num_object_queries=8)
+    )
     from uniemo.constants import EMOSET_EMOTIONS
 
     clf = EmotionClassifier(model, list(EMOSET_EMOTIONS))

@@ -34,6 +34,7 @@ def build(size: str):
     """A UniEmoPipeline of random weights (real classes) with a random emotion space."""
     import torch
 
+    from uniemo.models.configs import ExpertQueryConfig, UniEmoConfig
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.placeholder import PromptEncoder
@@ -45,8 +46,9 @@ def build(size: str):
     torch.manual_seed(0)
     pipe = load_stable_diffusion(diffusion)
     dims = PromptEncoder(pipe).condition_dims
-    understanding = ExpertQueryCLIP(load_clip_vision(clip), len(CLASSES), 64, num_scene_names=6, num_object_names=6)
-    model = UniEmoModel(understanding, dims, mapper_hidden=256).eval()
+    arch = ExpertQueryConfig(len(CLASSES), 64, num_scene_names=6, num_object_names=6)
+    understanding = ExpertQueryCLIP(load_clip_vision(clip), arch)
+    model = UniEmoModel(understanding, UniEmoConfig(dims, mapper_hidden=256)).eval()
     d, k = understanding.vision.config.hidden_size, len(CLASSES)
     model.set_emotion_space(
         {f"{n}_{s}": torch.randn(k, d) if s == "mean" else torch.ones(k, d) for n in ("cls", "scene", "object")

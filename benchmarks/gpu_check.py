@@ -130,11 +130,11 @@ def main() -> int:
 def _understanding_model(shapes: dict):
     import torch
 
+    from uniemo.models.configs import ExpertQueryConfig
     from uniemo.models.factory import architecture_config, load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
 
-    model = ExpertQueryCLIP(
-        load_clip_vision(shapes["clip"]),
+    arch = ExpertQueryConfig(
         CLASSES,
         architecture_config(shapes["clip"]).projection_dim,
         num_scene_queries=shapes["queries"],
@@ -142,6 +142,7 @@ def _understanding_model(shapes: dict):
         num_scene_names=SCENES,
         num_object_names=OBJECTS,
     )
+    model = ExpertQueryCLIP(load_clip_vision(shapes["clip"]), arch)
     for buffer in (model.scene_vocab_embeds, model.object_vocab_embeds):
         buffer.copy_(torch.nn.functional.normalize(torch.randn_like(buffer), dim=-1))
     return model.to(shapes["device"])
@@ -205,12 +206,14 @@ def joint_check(shapes: dict, tools: dict, pipe, encoder, batch: int, iters: int
     from diffusers import DDPMScheduler
 
     from uniemo.config import JointConfig, LossConfig
+    from uniemo.models.configs import UniEmoConfig
     from uniemo.models.uniemo import UniEmoModel
     from uniemo.train.joint import JointObjective
 
     understanding = _understanding_model(shapes)
     understanding.vision.requires_grad_(False)  # stage 2's default (backbone_lr_scale 0)
-    model = UniEmoModel(understanding, encoder.condition_dims, mapper_hidden=1024).to(shapes["device"]).train()
+    model = UniEmoModel(understanding, UniEmoConfig(encoder.condition_dims, mapper_hidden=1024))
+    model = model.to(shapes["device"]).train()
     objective = JointObjective(
         encoder,
         pipe.vae,

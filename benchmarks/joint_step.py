@@ -42,6 +42,7 @@ def build(size: str):
     from diffusers import DDPMScheduler
 
     from uniemo.config import JointConfig, LossConfig
+    from uniemo.models.configs import ExpertQueryConfig, UniEmoConfig
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import architecture_config, is_architecture_name, load_clip_vision
     from uniemo.models.placeholder import PromptEncoder
@@ -60,18 +61,13 @@ def build(size: str):
 
         attribute_dim = load_clip_text(clip)[0].config.projection_dim
     vision = load_clip_vision(clip)
-    understanding = ExpertQueryCLIP(
-        vision,
-        NUM_CLASSES,
-        attribute_dim,
-        num_scene_queries=queries,
-        num_object_queries=queries,
-        num_scene_names=NUM_SCENES,
-        num_object_names=NUM_OBJECTS,
-    )
+    sizes = {"num_scene_queries": queries, "num_object_queries": queries}
+    sizes |= {"num_scene_names": NUM_SCENES, "num_object_names": NUM_OBJECTS}
+    arch = ExpertQueryConfig(NUM_CLASSES, attribute_dim, **sizes)
+    understanding = ExpertQueryCLIP(vision, arch)
     for buffer in (understanding.scene_vocab_embeds, understanding.object_vocab_embeds):
         buffer.copy_(torch.nn.functional.normalize(torch.randn_like(buffer), dim=-1))
-    model = UniEmoModel(understanding, encoder.condition_dims, mapper_hidden=hidden)
+    model = UniEmoModel(understanding, UniEmoConfig(encoder.condition_dims, mapper_hidden=hidden))
     understanding.vision.requires_grad_(False)  # stage 2's default: backbone_lr_scale 0
     for part in (pipe.vae, pipe.unet, pipe.text_encoder):
         part.requires_grad_(False).eval()

@@ -35,6 +35,7 @@ def main() -> int:
 
     env = setup()
 
+    from uniemo.models.configs import ExpertQueryConfig
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
 
@@ -60,7 +61,8 @@ def main() -> int:
         models = {
             "plain": PlainClassifier(vision),
             "queries": ExpertQueryCLIP(
-                load_clip_vision(name, seed=0), 8, 64, num_scene_queries=queries, num_object_queries=queries
+                load_clip_vision(name, seed=0),
+                ExpertQueryConfig(8, 64, num_scene_queries=queries, num_object_queries=queries),
             ),
         }
         x = torch.randn(batch, 3, size, size)

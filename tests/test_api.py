@@ -24,6 +24,22 @@ def test_readme_python_example_runs(trained_run, synth_dir, tmp_path, monkeypatc
     assert printed[1].startswith("torch.Size([1, 32])")
 
 
+def test_readme_factory_example_runs(tmp_path, monkeypatch, capsys):
+    readme = (REPO / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme.split("## Python API", 1)[1], re.S)[2]
+    assert "create_model" in code
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out.splitlines()
+    assert "uniemo-vit-b-32" in printed[0] and printed[1] == "8 2"  # the comment's values are the printed ones
+    assert scope["plain"].config.query_mode == "none"
+    size = scope["model"].image_size
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(scope["again"].eval()(x).logits, scope["model"].eval()(x).logits)
+
+
 def test_readme_generation_example_runs(joint_run, synth_dir, tmp_path, monkeypatch):
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Python API", 1)[1]
@@ -76,6 +92,7 @@ def test_attention_maps(trained_run, synth_dir):
     import numpy as np
 
     from uniemo.errors import UniEmoError
+    from uniemo.models.configs import ExpertQueryConfig
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
     from uniemo.visualize import attention_maps
@@ -96,6 +113,7 @@ def test_attention_maps(trained_run, synth_dir):
     obj = seen["object_ib"][0].float().mean(0).reshape(grid, grid).numpy()
     assert np.allclose(maps.scene, scene, atol=1e-6) and np.allclose(maps.object, obj, atol=1e-6)
     assert not np.allclose(maps.scene, maps.object, atol=1e-4)
-    plain = EmotionClassifier(ExpertQueryCLIP(load_clip_vision("micro-clip"), 8, 16, query_mode="none"), clf.classes)
+    plain_model = ExpertQueryCLIP(load_clip_vision("micro-clip"), ExpertQueryConfig(8, 16, query_mode="none"))
+    plain = EmotionClassifier(plain_model, clf.classes)
     with pytest.raises(UniEmoError, match="no expert queries"):
         attention_maps(plain, maps.image)

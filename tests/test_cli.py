@@ -40,6 +40,29 @@ def test_synth_command(tmp_path):
     assert_one_line_error(uniemo("synth", tmp_path / "d"), "not empty")
 
 
+def test_options_take_their_defaults_from_the_library_configs():
+    """A command's options are its config's fields: left out, the library's default; given, that field only."""
+    from uniemo.cli.main import build_parser
+    from uniemo.cli.options import fields_from
+    from uniemo.config import BaseConfig, GenerationMetricsConfig
+    from uniemo.data.synth import SynthConfig
+
+    parse = build_parser().parse_args
+    assert fields_from(SynthConfig, parse(["synth", "d"])) == SynthConfig()
+    assert fields_from(SynthConfig, parse(["synth", "d", "--label-noise", "0.2"])) == SynthConfig(label_noise=0.2)
+    assert fields_from(BaseConfig, parse(["train", "base", "d", "--out", "o"])) == BaseConfig()
+    args = parse(["train", "base", "d", "--out", "o", "--continue-from", "old", "--unet-steps", "7"])
+    assert fields_from(BaseConfig, args) == BaseConfig(init="old", unet_steps=7)
+    evaluate = ["evaluate", "generation", "--images", "i", "--reference", "r"]
+    assert fields_from(GenerationMetricsConfig, parse(evaluate)) == GenerationMetricsConfig()
+    args = parse([*evaluate, "--skip", "fid", "--skip", "lpips", "--legacy", "--fid-network", "clip"])
+    assert fields_from(GenerationMetricsConfig, args) == GenerationMetricsConfig(
+        skip=("fid", "lpips"), legacy=True, fid_network="clip"
+    )
+    with pytest.raises(SystemExit):  # a Literal field offers only its values
+        parse([*evaluate, "--fid-network", "vgg"])
+
+
 def test_classify_folder_json_and_text(trained_run, synth_dir, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -138,7 +138,7 @@ def test_the_emotion_space_holds_each_emotions_own_images(standin_joint, synth_d
     cls, labels = feats["features"]["cls"], feats["labels"]
     for k in range(8):
         torch.testing.assert_close(model.space_cls_mean[k], cls[labels == k].mean(0), atol=1e-4, rtol=1e-4)
-    if model.hparams.get("space_bank"):
+    if model.config.space_bank:
         bank = model.space_cls_bank  # (K, M, D): every entry is a training image of that emotion
         for k in range(8):
             own = cls[labels == k]

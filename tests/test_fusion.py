@@ -194,12 +194,13 @@ def test_emotion_space_bank_holds_real_feature_triples_of_each_emotion():
 
 
 def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):
+    from uniemo.models.configs import UniEmoConfig
     from uniemo.models.uniemo import UniEmoModel
     from uniemo.pipelines.classifier import EmotionClassifier
 
     stage1 = EmotionClassifier.from_pretrained(trained_run).model
-    plain = UniEmoModel(stage1, (8, 12), mapper_hidden=16)
-    normed = UniEmoModel(stage1, (8, 12), mapper_hidden=16, condition_norms=(0.5, 2.0))
+    plain = UniEmoModel(stage1, UniEmoConfig((8, 12), mapper_hidden=16))
+    normed = UniEmoModel(stage1, UniEmoConfig((8, 12), mapper_hidden=16, condition_norms=(0.5, 2.0)))
     normed.load_state_dict(plain.state_dict())
     feats = {name: torch.randn(3, stage1.vision.config.hidden_size) for name in ("cls", "scene", "object")}
     emotions = torch.tensor([0, 1, 2])
@@ -209,5 +210,5 @@ def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):
     # the direction is the mapped condition's own, per encoder
     torch.testing.assert_close(F.normalize(c[:, 8:], dim=-1), F.normalize(raw[:, 8:], dim=-1))
     again = UniEmoModel.from_architecture(normed.architecture())
-    assert again.hparams["condition_norms"] == [0.5, 2.0]
+    assert again.config.condition_norms == (0.5, 2.0)
     assert "condition_norms" not in plain.architecture()  # earlier checkpoints keep their architecture

@@ -10,6 +10,7 @@ from tests.conftest import REPO, joint_overrides
 from uniemo.config import JointRunConfig, load_config
 from uniemo.errors import CheckpointError, ConfigError
 from uniemo.losses import diffusion_loss, supervised_contrastive
+from uniemo.models.configs import UniEmoConfig
 from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel
@@ -62,7 +63,7 @@ def test_gradients_reach_mappers_and_queries_not_the_diffusion_model(trained_run
     encoder = PromptEncoder(pipe)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
-    model = UniEmoModel(stage1, encoder.condition_dims, mapper_hidden=16)
+    model = UniEmoModel(stage1, UniEmoConfig(encoder.condition_dims, mapper_hidden=16))
     model.prior_scene.copy_(torch.rand_like(model.prior_scene).softmax(1))
     labels = torch.tensor([0, 1, 0, 1])
     # joint training's optimiser holds exactly the understanding and mapper parameters, nothing of the diffusion model
@@ -119,7 +120,7 @@ def test_prompt_encoder_matches_the_pipeline_and_pools_at_end_of_text(diffusion)
 
 def test_alpha_is_detached_and_follows_the_mode(trained_run):
     stage1 = EmotionClassifier.from_pretrained(trained_run).model
-    model = UniEmoModel(stage1, [32], mapper_hidden=16)
+    model = UniEmoModel(stage1, UniEmoConfig([32], mapper_hidden=16))
     prior = torch.rand_like(model.prior_scene).softmax(1)
     model.prior_scene.copy_(prior)
     model.prior_object.copy_(torch.rand_like(model.prior_object).softmax(1))
@@ -141,7 +142,7 @@ def test_sdxl_joint_training_and_generation(synth_dir, trained_run, tmp_path):
     summary = train_joint(cfg, progress=False)
     assert summary.steps == 2
     pipe = UniEmoPipeline.from_pretrained(tmp_path / "xl")
-    assert pipe.encoder.is_xl and pipe.model.hparams["condition_dims"] == [32, 48]
+    assert pipe.encoder.is_xl and pipe.model.config.condition_dims == (32, 48)
     assert pipe.model.condition_head is not None  # Σ d_c = 80 ≠ D: c gets its own emotion head for L_ce
     images = pipe("awe", num_images=2, steps=2, seed=1).images
     assert [im.size for im in images] == [(32, 32), (32, 32)]

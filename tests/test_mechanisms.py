@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 
 from uniemo.config import JointConfig, LossConfig
 from uniemo.losses import attribute_infonce, diffusion_loss, understanding_loss
+from uniemo.models.configs import ExpertQueryConfig, UniEmoConfig
 from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.factory import architecture_config
 from uniemo.models.placeholder import PromptEncoder, sdxl_time_ids
@@ -34,16 +35,14 @@ def micro_understanding(seed: int = 0, names: tuple[int, int] = (V_S, V_O), **kw
     from transformers import CLIPVisionModel
 
     torch.manual_seed(seed)
-    model = ExpertQueryCLIP(
-        CLIPVisionModel(architecture_config("micro-clip").vision_config),
-        num_classes=K,
-        attribute_dim=16,
-        num_scene_queries=4,
-        num_object_queries=3,
-        num_scene_names=names[0],
-        num_object_names=names[1],
-        **kwargs,
-    )
+    sizes = {
+        "num_scene_queries": 4,
+        "num_object_queries": 3,
+        "num_scene_names": names[0],
+        "num_object_names": names[1],
+    }
+    arch = ExpertQueryConfig(K, 16, **sizes, **kwargs)
+    model = ExpertQueryCLIP(CLIPVisionModel(architecture_config("micro-clip").vision_config), arch)
     model.scene_vocab_embeds.copy_(F.normalize(torch.randn(names[0], 16), dim=-1))
     model.object_vocab_embeds.copy_(F.normalize(torch.randn(names[1], 16), dim=-1))
     return model
@@ -117,7 +116,7 @@ def generator_parts():
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
     encoder = PromptEncoder(pipe)
-    model = UniEmoModel(micro_understanding(), encoder.condition_dims, mapper_hidden=16)
+    model = UniEmoModel(micro_understanding(), UniEmoConfig(encoder.condition_dims, mapper_hidden=16))
     g = torch.Generator().manual_seed(3)
     model.prior_scene.copy_(torch.rand(V_S, K, generator=g).softmax(1))
     model.prior_object.copy_((4 * torch.rand(V_O, K, generator=g)).softmax(1))  # unlike the scene prior
@@ -170,7 +169,7 @@ def test_condition_is_the_alpha_weighted_sum_of_the_three_mappers(generator_part
 
 def test_condition_norm_rescales_each_encoders_part(generator_parts):
     _, encoder, model = generator_parts
-    normed = UniEmoModel(model.understanding, [20, 12], mapper_hidden=16, condition_norms=[0.5, 2.0])
+    normed = UniEmoModel(model.understanding, UniEmoConfig([20, 12], mapper_hidden=16, condition_norms=[0.5, 2.0]))
     c = torch.randn(3, 32)
     out = normed.normalize_condition(c)
     torch.testing.assert_close(out[:, :20], F.normalize(c[:, :20], dim=-1) * 0.5)
@@ -288,7 +287,9 @@ def test_diffusion_loss_noises_the_latents_as_ddpm_does(prediction_type):
 
 def micro_model(names: tuple[int, int] = (V_S, V_O), query_mode: str = "multi_stage", **kwargs) -> UniEmoModel:
     """A UniEmo model on :func:`micro_understanding` with random priors; ``kwargs`` go to :class:`UniEmoModel`."""
-    model = UniEmoModel(micro_understanding(0, names, query_mode=query_mode), [32], mapper_hidden=16, **kwargs)
+    model = UniEmoModel(
+        micro_understanding(0, names, query_mode=query_mode), UniEmoConfig([32], mapper_hidden=16, **kwargs)
+    )
     model.prior_scene.copy_(torch.rand(names[0], K).softmax(1))
     model.prior_object.copy_(torch.rand(names[1], K).softmax(1))
     return model
@@ -320,7 +321,7 @@ def test_the_ce_condition_loss_reads_c_with_the_frozen_stage1_head_or_its_own(ge
     c = torch.randn(4, 32)
     u = model.understanding
     torch.testing.assert_close(model.condition_logits(c), c @ u.head.weight.T + u.head.bias)
-    headed = UniEmoModel(u, encoder.condition_dims, mapper_hidden=16, condition_head=True)
+    headed = UniEmoModel(u, UniEmoConfig(encoder.condition_dims, mapper_hidden=16, condition_head=True))
     torch.testing.assert_close(headed.condition_logits(c), headed.condition_head(c))
     # the parameters joint training creates: the mappers, and the condition head when there is one
     assert {id(p) for p in headed.generation_parameters()} == {
@@ -402,7 +403,7 @@ def test_sdxl_prompts_are_both_encoders_penultimate_layers_and_l_theta_gets_the_
     torch.testing.assert_close(got["prompt_embeds"], torch.cat(hidden, dim=-1))
     torch.testing.assert_close(got["pooled_prompt_embeds"], out.text_embeds)
 
-    model = UniEmoModel(micro_understanding(), encoder.condition_dims, mapper_hidden=16)
+    model = UniEmoModel(micro_understanding(), UniEmoConfig(encoder.condition_dims, mapper_hidden=16))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     cfg = JointConfig(
         understanding="-", resolution=32, content_prompt=0.0, condition_loss="none", understanding_weight=0.0

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from uniemo.models.configs import ExpertQueryConfig
 from uniemo.models.factory import architecture_config, clip_tokenizer, encode_texts, list_architectures, load_clip_text
 from uniemo.models.understanding import ExpertQueryCLIP, default_stage_layers
 
@@ -14,16 +15,9 @@ def _vision(name="micro-clip"):
     return CLIPVisionModel(architecture_config(name).vision_config)
 
 
-def _model(mode="multi_stage", name="micro-clip", **kw):
-    return ExpertQueryCLIP(
-        _vision(name),
-        num_classes=8,
-        attribute_dim=16,
-        query_mode=mode,
-        num_scene_queries=4,
-        num_object_queries=3,
-        **kw,
-    )
+def _model(mode="multi_stage", name="micro-clip", gradient_checkpointing=False, **kw):
+    arch = ExpertQueryConfig(8, 16, query_mode=mode, num_scene_queries=4, num_object_queries=3, **kw)
+    return ExpertQueryCLIP(_vision(name), arch, gradient_checkpointing)
 
 
 @pytest.mark.parametrize("name", ["micro-clip", "tiny-clip"])
@@ -55,7 +49,8 @@ def _record_lengths(model):
 
 @pytest.mark.parametrize("mode", ["multi_stage", "single_step", "none"])
 def test_queries_enter_at_the_right_layers(mode):
-    model = ExpertQueryCLIP(_vision("tiny-clip"), 8, 16, query_mode=mode, num_scene_queries=5, num_object_queries=3)
+    arch = ExpertQueryConfig(8, 16, query_mode=mode, num_scene_queries=5, num_object_queries=3)
+    model = ExpertQueryCLIP(_vision("tiny-clip"), arch)
     assert (model.scene_layer, model.object_layer) == (2, 4)
     lengths, _ = _record_lengths(model)
     model(torch.randn(2, 3, 64, 64))
@@ -69,9 +64,8 @@ def test_queries_enter_at_the_right_layers(mode):
 
 
 def test_interactive_blocks_run_after_l1_and_l2_and_modulate():
-    model = ExpertQueryCLIP(
-        _vision("tiny-clip"), 8, 16, num_scene_queries=5, num_object_queries=3, scene_layer=1, object_layer=3
-    ).eval()
+    arch = ExpertQueryConfig(8, 16, num_scene_queries=5, num_object_queries=3, scene_layer=1, object_layer=3)
+    model = ExpertQueryCLIP(_vision("tiny-clip"), arch).eval()
     outputs, ib_inputs, next_inputs = {}, {}, {}
     layers = model.vision.encoder.layers
     for i, layer in enumerate(layers, start=1):
@@ -170,3 +164,95 @@ def test_unknown_backbone_is_a_clear_error(tmp_path):
         load_clip_vision(str(tmp_path / "nowhere"))
     with pytest.raises(CheckpointError, match="built-in architectures"):
         load_clip_vision("openai/clip-vit-base-patch32")  # offline: not in the cache
+
+
+# ------------------------------------------------------------------ factory: presets, configs, from/save_pretrained
+def test_every_preset_builds_its_architecture():
+    """Each preset names a backbone and fields ExpertQueryConfig accepts; the buildable ones give that model."""
+    from uniemo.models.factory import create_model, list_models, model_preset
+
+    assert {"uniemo-vit-b-32", "uniemo-vit-l-14", "uniemo-standin", "uniemo-tiny"} <= set(list_models())
+    for name in list_models():
+        preset = model_preset(name)
+        ExpertQueryConfig.from_dict(preset["expert_queries"])
+        assert preset["backbone"] and preset["description"]
+    model = create_model("uniemo-tiny", num_classes=4)
+    assert model.scene_queries.shape == (8, 128) and model.head.out_features == 4
+    assert (model.config.scene_layer, model.config.object_layer) == (2, 4)  # round(6/3), round(12/3)
+    assert model.config.attribute_dim == architecture_config("tiny-clip").projection_dim
+    standin = create_model("uniemo-standin")
+    random = create_model("uniemo-standin", pretrained=False)
+    assert random.vision.config.hidden_size == standin.vision.config.hidden_size
+    assert not torch.equal(
+        random.vision.embeddings.patch_embedding.weight, standin.vision.embeddings.patch_embedding.weight
+    )
+    plain = create_model("uniemo-tiny", query_mode="none")
+    assert not hasattr(plain, "scene_queries") and plain.config.query_mode == "none"
+
+
+def test_create_model_refuses_what_it_cannot_build(tmp_path):
+    from uniemo.errors import CheckpointError, ConfigError
+    from uniemo.models.factory import create_model
+
+    with pytest.raises(CheckpointError, match="uniemo-vit-b-32"):
+        create_model("uniemo-vit-b-99")
+    with pytest.raises(ConfigError, match="num_querys"):
+        create_model("uniemo-tiny", num_querys=4)
+    model = create_model("uniemo-tiny", num_classes=2)
+    model.save_pretrained(tmp_path / "ckpt", ["calm", "tense"])
+    with pytest.raises(ConfigError, match="checkpoint"):
+        create_model(tmp_path / "ckpt", num_scene_queries=4)
+
+
+def test_save_pretrained_and_from_pretrained_give_the_same_model(tmp_path):
+    """A model saved and loaded back (by the class, by create_model, by EmotionClassifier) predicts the same."""
+    from uniemo.models.factory import create_model
+    from uniemo.pipelines.classifier import EmotionClassifier
+
+    torch.manual_seed(0)
+    model = create_model("uniemo-tiny", num_classes=3, num_scene_queries=5, ib_layers=1).eval()
+    model.save_pretrained(tmp_path / "ckpt", ["a", "b", "c"], scene_vocab=["beach"])
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x).logits
+    for loaded in (
+        ExpertQueryCLIP.from_pretrained(tmp_path / "ckpt"),
+        create_model(tmp_path / "ckpt"),
+        EmotionClassifier.from_pretrained(tmp_path / "ckpt").model,
+    ):
+        assert loaded.config == model.config
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x).logits, expected)
+    clf = EmotionClassifier.from_pretrained(tmp_path / "ckpt")
+    assert clf.classes == ["a", "b", "c"] and clf.scene_vocab == ["beach"]
+    with pytest.raises(ValueError, match="2 class names"):
+        model.save_pretrained(tmp_path / "bad", ["a", "b"])
+
+
+def test_the_run_config_decides_the_architecture():
+    """Every architecture field of the run's model section reaches the model (nothing copied by hand is dropped)."""
+    from uniemo.config import load_config
+    from uniemo.train import understanding as stage1
+
+    overrides = ["model.backbone=tiny-clip", "model.num_scene_queries=5", "model.num_object_queries=2"]
+    overrides += ["model.ib_layers=1", "model.beta_init=0.3", "model.scene_layer=1", "model.object_layer=5"]
+    model = stage1.build_model(load_config(None, overrides), 4, 16, (3, 7))
+    assert model.config == ExpertQueryConfig(4, 16, "multi_stage", 5, 2, 1, 5, 1, 0.3, 3, 7)
+    assert float(model.scene_beta) == pytest.approx(0.3) and len(model.scene_ib.layers) == 1
+
+
+def test_unified_model_round_trip(tmp_path):
+    from tests.test_mechanisms import micro_understanding
+    from uniemo.models.configs import UniEmoConfig
+    from uniemo.models.uniemo import UniEmoModel
+
+    torch.manual_seed(0)
+    model = UniEmoModel(micro_understanding(), UniEmoConfig([32], mapper_hidden=16, space_bank=2, alpha="hard")).eval()
+    model.save_pretrained(tmp_path / "joint", classes=[str(i) for i in range(8)])
+    again = UniEmoModel.from_pretrained(tmp_path / "joint")
+    assert again.config == model.config and again.config.condition_dims == (32,)
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    arch = model.architecture()
+    assert "condition_norms" not in arch and arch["space_bank"] == 2  # stored only when set, as before
+    with pytest.raises(ValueError, match="unknown field"):
+        UniEmoModel.from_architecture({**arch, "mapper_width": 3})

@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import REPO, joint_overrides, micro_overrides
 from uniemo.config import JointRunConfig, LossConfig, load_config
+from uniemo.models.configs import UniEmoConfig
 from uniemo.models.diffusion import stable_diffusion_15_architecture, tiny_stable_diffusion
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.understanding import ExpertQueryCLIP
@@ -26,7 +27,7 @@ def _objective_and_model(trained_run):
     encoder = PromptEncoder(pipe)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
-    model = UniEmoModel(stage1, encoder.condition_dims, mapper_hidden=16)
+    model = UniEmoModel(stage1, UniEmoConfig(encoder.condition_dims, mapper_hidden=16))
     cfg = load_config(None, ["joint.resolution=32", "joint.condition_loss=supcon"], JointRunConfig)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
     objective = JointObjective(encoder, pipe.vae, pipe.unet, noise, cfg.joint, LossConfig())

@@ -19,6 +19,7 @@ from PIL import Image
 from tests.test_mechanisms import micro_understanding
 from uniemo.constants import EMOSET_EMOTIONS
 from uniemo.errors import ConfigError
+from uniemo.models.configs import UniEmoConfig
 from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.emotion_space import emotion_space
 from uniemo.models.factory import STANDIN, standin_path
@@ -38,7 +39,7 @@ CLASSES = list(EMOSET_EMOTIONS)
 @pytest.fixture(scope="module")
 def pipe() -> UniEmoPipeline:
     diffusion = tiny_stable_diffusion(seed=0)
-    model = UniEmoModel(micro_understanding(), PromptEncoder(diffusion).condition_dims, mapper_hidden=16)
+    model = UniEmoModel(micro_understanding(), UniEmoConfig(PromptEncoder(diffusion).condition_dims, mapper_hidden=16))
     g = torch.Generator().manual_seed(0)
     model.prior_scene.copy_(torch.rand(model.prior_scene.shape, generator=g).softmax(1))
     model.prior_object.copy_((4 * torch.rand(model.prior_object.shape, generator=g)).softmax(1))

@@ -42,6 +42,7 @@ from uniemo.checkpoint import read_meta, resolve_checkpoint  # noqa: E402
 from uniemo.data.images import draft_size, load_image  # noqa: E402
 from uniemo.errors import DataError, UniEmoError  # noqa: E402
 from uniemo.pipelines.classifier import JOINT_KIND, KIND, EmotionClassifier  # noqa: E402
+from uniemo.runtime import default_device  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,10 @@ class UniEmoApp:
         Raises:
             CheckpointError: no uniemo checkpoint there.
         """
-        import torch
-
         directory = resolve_checkpoint(checkpoint)
         kind = read_meta(directory, (KIND, JOINT_KIND))["kind"]
         name = Path(checkpoint).resolve().name
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(device)
         if kind != JOINT_KIND:
             reason = (
                 f"`{name}` is a stage-1 (understanding) checkpoint; creating images needs a joint checkpoint "
@@ -172,9 +171,8 @@ class UniEmoApp:
         from uniemo.pipelines.generation import UniEmoPipeline
 
         diffusers.utils.logging.disable_progress_bar()
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-        try:
-            pipe = UniEmoPipeline.from_pretrained(directory, device=device, dtype=dtype)
+        try:  # float16 on a GPU, float32 on the CPU
+            pipe = UniEmoPipeline.from_pretrained(directory, device=device, dtype=None)
         except (UniEmoError, OSError) as err:  # e.g. its diffusion model is not on this machine: still understand
             log.warning("Create is unavailable: %s", err)
             reason = f"the generation model could not be loaded: {err}"

@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
 CONFIG_FILE = "config.yaml"
+#: ``model.json``'s ``kind`` of a stage-1 checkpoint and of a joint (stage-2) one.
+UNDERSTANDING_KIND = "understanding"
+JOINT_KIND = "uniemo"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 

@@ -18,8 +18,9 @@ from typing import Any, Literal
 import yaml
 
 from uniemo.errors import ConfigError
+from uniemo.models.configs import ExpertQueryConfig, QueryMode
 
-QueryMode = Literal["multi_stage", "single_step", "none"]
+_ARCH = ExpertQueryConfig()
 DatasetFormat = Literal["auto", "emoset", "fi", "emotionroi", "twitter", "folder"]
 
 
@@ -74,13 +75,14 @@ class ModelConfig:
 
     backbone: str = "openai/clip-vit-base-patch32"
     text_model: str | None = None
-    query_mode: QueryMode = "multi_stage"
-    num_scene_queries: int = 32
-    num_object_queries: int = 32
-    scene_layer: int | None = None
-    object_layer: int | None = None
-    ib_layers: int = 2
-    beta_init: float = 0.1
+    # the architecture's fields: their defaults are ExpertQueryConfig's (the one place they are written)
+    query_mode: QueryMode = _ARCH.query_mode
+    num_scene_queries: int = _ARCH.num_scene_queries
+    num_object_queries: int = _ARCH.num_object_queries
+    scene_layer: int | None = _ARCH.scene_layer
+    object_layer: int | None = _ARCH.object_layer
+    ib_layers: int = _ARCH.ib_layers
+    beta_init: float = _ARCH.beta_init
     attribute_template: str = "{}"
     temperature: float = 0.07
     freeze_backbone: bool = False
@@ -323,6 +325,73 @@ class FeedbackRunConfig(JointRunConfig):
 
 # --------------------------------------------------------------------------------------------------------------
 # Loading, overrides and type checking
+
+
+# Configs of the commands without a run YAML (their CLI options are made from these fields)
+
+
+@dataclass
+class BaseConfig:
+    """Recipe of the stand-in models (the defaults are the shipped stand-in's)."""
+
+    seed: int = 0
+    image_size: int = 32  # diffusion resolution (latents at half of it)
+    clip_steps: int = 1200
+    clip_batch: int = 64
+    clip_lr: float = 5e-4
+    text_width: int = 32
+    vae_steps: int = 1000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 4000
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    caption_dropout: float = 0.1
+    high_noise_share: float = 0.0  # this share of each UNet batch draws t from the noisiest 40 % of the timesteps
+    text_steps: int = 0  # > 0: SD's text encoder is a copy of the CLIP trained this many steps on hard negatives
+    text_lr: float = 3e-4
+    threads: int = 0
+    init: str | None = None  # continue from this stand-in: keep its CLIP, VAE and SD text encoder, train its UNet
+
+
+@dataclass
+class GenerationMetricsConfig:
+    """What the suite computes and with which networks.
+
+    Attributes:
+        emo_classifier: an Emo-A classifier directory (``uniemo train emo-classifier``); needed for Emo-A.
+        clip: the CLIP for Sem-C (zero-shot), Sem-D and FID on CLIP features; default: the Emo-A classifier's.
+        fid_network: ``inception`` (the standard FID network, via torch-fidelity) or ``clip`` (CLIP image
+            embeddings: comparable only between runs that use the same CLIP, never with published FID).
+        inception_weights: torch-fidelity's Inception weight file (default: torch hub's checkpoint cache).
+        lpips_alexnet / lpips_linear: LPIPS weight files (defaults: see :func:`uniemo.metrics.lpips.load_lpips`).
+        sem_classes: ``dataset`` (CLIP zero-shot over the reference dataset's scene and object names) or two
+            text files ``SCENES.txt,OBJECTS.txt`` with one class name a line (e.g. Places365's and ImageNet's).
+        template: the zero-shot prompt.
+        pairs: random pairs per emotion for LPIPS and Sem-D.
+        seed: seeds the pairs.
+        split: the reference split for FID.
+        legacy: EmoGen's protocol (see the module docstring).
+        skip: metrics not to compute (any of ``fid``, ``lpips``, ``emo-a``, ``sem-c``, ``sem-d``).
+        device: where the networks run.
+        batch_size: images per forward pass.
+    """
+
+    emo_classifier: str | None = None
+    clip: str | None = None
+    fid_network: Literal["inception", "clip"] = "inception"
+    inception_weights: str | None = None
+    lpips_alexnet: str | None = None
+    lpips_linear: str | None = None
+    sem_classes: str = "dataset"
+    template: str = "a photo of a {}."
+    pairs: int = 1000
+    seed: int = 0
+    split: str = "test"
+    legacy: bool = False
+    skip: tuple[str, ...] = ()
+    device: str = "cpu"
+    batch_size: int = 64
 
 
 def _type_name(tp: Any) -> str:

@@ -30,6 +30,14 @@ CLIP_VOCAB_SIZE = 49408
 #: Token ids a CLIP text config must name (transformers' default 2 breaks EOS pooling once tokens are added).
 CLIP_SPECIAL_TOKEN_IDS: dict[str, int] = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
 
+#: The sampler used when none is named: DPM-Solver++ (2nd order, multistep) reaches at 25 steps what DDIM or
+#: PLMS reach at 50. ``scheduler="model", steps=50`` is the paper's (and EmoGen's) setting: the diffusion model's
+#: own scheduler (PLMS for SD 1.5) at diffusers' default 50 steps.
+DEFAULT_SCHEDULER = "dpm++"
+DEFAULT_STEPS = 25
+#: Classifier-free guidance when the checkpoint does not carry its own (Stable Diffusion's usual 7.5).
+DEFAULT_GUIDANCE = 7.5
+
 
 def positive_mask(classes: list[str] | tuple[str, ...]) -> list[bool] | None:
     """Per class, whether it is a positive emotion; None unless every class is one of EmoSet's eight emotions

@@ -11,8 +11,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from uniemo.config import resolve_config_path
+from uniemo.cli.options import add_fields, fields_from
+from uniemo.config import BaseConfig, GenerationMetricsConfig, resolve_config_path
+from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.errors import UniEmoError
 from uniemo.runtime import tune_allocator
 
@@ -43,14 +46,7 @@ def _quiet_loading_bars(command: str) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from uniemo.data.synth import SynthConfig, write_synthetic_dataset
 
-    cfg = SynthConfig(
-        train=args.train,
-        val=args.val,
-        test=args.test,
-        resolution=args.resolution,
-        seed=args.seed,
-        label_noise=args.label_noise,
-    )
+    cfg = fields_from(SynthConfig, args)
     root = write_synthetic_dataset(args.dir, cfg, overwrite=args.overwrite)
     print(
         f"wrote the built-in dataset to {root}: {cfg.train} train / {cfg.val} val / {cfg.test} test images, "
@@ -91,20 +87,9 @@ def cmd_train_joint(args: argparse.Namespace) -> int:
 
 
 def cmd_train_base(args: argparse.Namespace) -> int:
-    from uniemo.train.base import BaseConfig, train_base
+    from uniemo.train.base import train_base
 
-    cfg = BaseConfig(
-        seed=args.seed,
-        clip_steps=args.clip_steps,
-        vae_steps=args.vae_steps,
-        unet_steps=args.unet_steps,
-        unet_lr=args.unet_lr,
-        text_steps=args.text_steps,
-        text_lr=args.text_lr,
-        high_noise_share=args.high_noise_share,
-        threads=args.threads,
-        init=args.continue_from,
-    )
+    cfg = fields_from(BaseConfig, args)
     info = train_base(args.data, args.out, cfg)
     minutes = sum(info[k]["seconds"] for k in ("clip", "vae", "unet")) / 60
     print(
@@ -119,13 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.emotion and not args.reference:
         raise UniEmoError("give --emotion NAME (or NAME=WEIGHT, repeated) or --reference IMAGE")
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-        args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    ]
-    pipe = UniEmoPipeline.from_pretrained(args.checkpoint, device=device, diffusion=args.diffusion, dtype=dtype)
+    pipe = UniEmoPipeline.from_pretrained(args.checkpoint, args.device, args.diffusion, args.dtype)
     if args.emotion == ["all"]:  # one folder per emotion: the layout `uniemo evaluate generation` reads
         total = 0
         for emotion in pipe.classes:
@@ -237,29 +216,9 @@ def cmd_train_emo_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_generation(args: argparse.Namespace) -> int:
-    from uniemo.metrics.suite import (
-        GenerationEvaluator,
-        GenerationMetricsConfig,
-        format_report,
-        load_generated,
-        read_generated,
-    )
+    from uniemo.metrics.suite import GenerationEvaluator, format_report, load_generated, read_generated
 
-    cfg = GenerationMetricsConfig(
-        emo_classifier=args.emo_classifier,
-        clip=args.clip,
-        fid_network=args.fid_network,
-        inception_weights=args.inception_weights,
-        lpips_alexnet=args.lpips_alexnet,
-        lpips_linear=args.lpips_linear,
-        sem_classes=args.sem_classes,
-        pairs=args.pairs,
-        seed=args.seed,
-        split=args.split,
-        legacy=args.legacy,
-        skip=tuple(args.skip),
-        device=args.device,
-    )
+    cfg = fields_from(GenerationMetricsConfig, args)
     suite = GenerationEvaluator(cfg, args.reference)
     images, bad = load_generated(read_generated(args.images, suite.classes))
     report = suite.evaluate(images)
@@ -329,9 +288,9 @@ def cmd_evaluate_understanding(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from uniemo.demo import run_demo
+    from uniemo.demo import run_demo, summary_lines
 
-    run_demo(Path(args.out), fast=args.fast, force=args.force)
+    print("\n" + "\n".join(summary_lines(run_demo(Path(args.out), fast=args.fast, force=args.force))))
     return 0
 
 
@@ -365,65 +324,53 @@ def cmd_architectures(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uniemo", description="UniEmo: emotion understanding and generation.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# The parser: one function per command, each option's default taken from the library's config where it has one.
+
+
+def _add_synth(sub: Any) -> None:
+    from uniemo.data.synth import SynthConfig
 
     p = sub.add_parser("synth", help="write the built-in dataset (EmoSet layout)")
     p.add_argument("dir", help="output directory")
-    p.add_argument("--train", type=int, default=4000, help="training images (default 4000)")
-    p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
-    p.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
-    p.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label-noise", type=float, default=0.05, help="fraction of flipped labels (default 0.05)")
+    helps = {"train": "training images", "val": "validation images", "test": "test images"}
+    helps |= {"resolution": "image side in pixels", "seed": "seed", "label_noise": "fraction of flipped labels"}
+    add_fields(p, SynthConfig, helps)
     p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train a stage")
-    stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    t = stages.add_parser("understanding", help="stage 1: the expert-query emotion classifier")
-    t.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny, emoset-vitb32)")
-    t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last/ state")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
-    t.set_defaults(func=cmd_train_understanding)
 
-    t = stages.add_parser("joint", help="stage 2: joint understanding + emotion-conditioned generation")
-    t.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny-joint, emoset-sd15)")
+def _add_train_stage(stages: Any, name: str, help: str, example: str, override: str, func: Any) -> None:
+    t = stages.add_parser(name, help=help)
+    t.add_argument("--config", required=True, help=f"YAML file or built-in config name (e.g. {example})")
     t.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last/ state")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. joint.alpha=hard")
-    t.set_defaults(func=cmd_train_joint)
+    t.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {override}")
+    t.set_defaults(func=func)
+
+
+def _add_train(sub: Any) -> None:
+    stages = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True, metavar="STAGE")
+    what = "stage 1: the expert-query emotion classifier"
+    _add_train_stage(stages, "understanding", what, "tiny, emoset-vitb32", "optim.lr=3e-4", cmd_train_understanding)
+    what = "stage 2: joint understanding + emotion-conditioned generation"
+    _add_train_stage(stages, "joint", what, "tiny-joint, emoset-sd15", "joint.alpha=hard", cmd_train_joint)
 
     t = stages.add_parser("base", help="pre-train the stand-in CLIP and Stable Diffusion on the built-in dataset")
     t.add_argument("data", help="the built-in dataset (`uniemo synth DATA`)")
     t.add_argument("--out", required=True, help="output directory (clip/ and sd/ go there)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--clip-steps", type=int, default=1200, help="contrastive CLIP steps (default 1200)")
-    t.add_argument("--vae-steps", type=int, default=1000, help="autoencoder steps (default 1000)")
-    t.add_argument("--unet-steps", type=int, default=4000, help="UNet steps (default 4000)")
-    t.add_argument("--unet-lr", type=float, default=4e-4, help="UNet peak learning rate (default 4e-4)")
-    t.add_argument(
-        "--high-noise-share",
-        type=float,
-        default=0.0,
-        help="share of each UNet batch drawn from the noisiest 40 %% of the timesteps (default 0: uniform)",
-    )
-    t.add_argument(
-        "--text-steps",
-        type=int,
-        default=0,
-        help="SD's text encoder: a copy of the CLIP trained this many steps on hard negatives (default 0: the "
-        "CLIP's text tower, or the continued stand-in's own encoder)",
-    )
-    t.add_argument("--text-lr", type=float, default=3e-4, help="its peak learning rate (default 3e-4)")
-    t.add_argument(
-        "--continue-from",
-        default=None,
-        metavar="DIR",
-        help="keep this stand-in's CLIP, VAE and SD text encoder and train its UNet --unet-steps more",
-    )
-    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    helps = {
+        "seed": "seed",
+        "clip_steps": "contrastive CLIP steps",
+        "vae_steps": "autoencoder steps",
+        "unet_steps": "UNet steps",
+        "unet_lr": "UNet peak learning rate",
+        "high_noise_share": "share of each UNet batch drawn from the noisiest 40 %% of the timesteps, 0: uniform",
+        "text_steps": "SD's text encoder: a copy of the CLIP trained this many steps on hard negatives (default 0: "
+        "the CLIP's text tower, or the continued stand-in's own encoder)",
+        "text_lr": "its peak learning rate",
+        "init": "keep this stand-in's CLIP, VAE and SD text encoder and train its UNet --unet-steps more",
+        "threads": "torch threads (default 0: torch's)",
+    }
+    add_fields(t, BaseConfig, helps, flags={"init": "--continue-from"})
     t.set_defaults(func=cmd_train_base)
 
     t = stages.add_parser("emo-classifier", help="the Emo-A classifier: a head on CLIP image embeddings (METHOD §7)")
@@ -439,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu")
     t.set_defaults(func=cmd_train_emo_classifier)
 
+
+def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate emotion-evoking images from a joint checkpoint")
     p.add_argument("--checkpoint", required=True, help="joint run or checkpoint directory")
     p.add_argument(
@@ -452,15 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="content to transfer the emotion onto (e.g. 'a bench')")
     p.add_argument("--reference", default=None, metavar="IMAGE", help="evoke this image's feeling instead")
     p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's, else 25)")
+    p.add_argument("--steps", type=int, help=f"sampling steps (default: the checkpoint's, else {DEFAULT_STEPS})")
     p.add_argument(
-        "--guidance", type=float, default=None, help="classifier-free guidance (default: the checkpoint's, else 7.5)"
+        "--guidance", type=float, help=f"classifier-free guidance (default: the checkpoint's, else {DEFAULT_GUIDANCE})"
     )
     p.add_argument(
         "--scheduler",
-        default=None,
-        help="dpm++ (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, pndm, euler, euler-a, or "
-        "'model' (the diffusion model's own; the paper's setting is --scheduler model --steps 50)",
+        help=f"{DEFAULT_SCHEDULER} (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, pndm, euler, "
+        "euler-a, or 'model' (the diffusion model's own; the paper's setting is --scheduler model --steps 50)",
     )
     p.add_argument("--negative-prompt", default="")
     p.add_argument(
@@ -471,13 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     p.add_argument(
         "--dtype",
-        default=None,
         choices=["float32", "float16", "bfloat16"],
         help="the diffusion model's precision (default: float16 on a GPU, float32 on the CPU)",
     )
     p.add_argument("--out", required=True, help="output directory for the PNGs and settings.json")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_classify(sub: Any) -> None:
     p = sub.add_parser("classify", help="predict the emotion of images")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -489,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_classify)
 
+
+def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model")
     kinds = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     e = kinds.add_parser("understanding", help="accuracy, per-class and 2-class accuracy, confusion matrix")
@@ -502,27 +453,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_understanding)
+
     e = kinds.add_parser("generation", help="FID, LPIPS, Emo-A, Sem-C, Sem-D of generated images (METHOD §7)")
     e.add_argument("--images", required=True, help="generated images in <emotion>/ sub-folders")
     e.add_argument("--reference", required=True, help="the real dataset (FID reference, Sem-C class names)")
-    e.add_argument("--split", default="test", help="FID reference split (default test)")
-    e.add_argument("--emo-classifier", default=None, help="Emo-A classifier (`uniemo train emo-classifier`)")
-    e.add_argument("--clip", default=None, help="CLIP for Sem-C/Sem-D (default: the Emo-A classifier's)")
-    e.add_argument("--fid-network", default="inception", choices=["inception", "clip"])
-    e.add_argument("--inception-weights", default=None, help="torch-fidelity's Inception-V3 weight file")
-    e.add_argument("--lpips-alexnet", default=None, help="torchvision's AlexNet weight file for LPIPS")
-    e.add_argument("--lpips-linear", default=None, help="LPIPS' linear-layer file (v0.1 alex.pth)")
-    e.add_argument("--sem-classes", default="dataset", help="'dataset' or SCENES.txt,OBJECTS.txt (class names)")
-    e.add_argument("--pairs", type=int, default=1000, help="image pairs per emotion for LPIPS/Sem-D (default 1000)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the pairs")
-    e.add_argument("--legacy", action="store_true", help="EmoGen's protocol (whole-dataset FID reference, …)")
-    e.add_argument(
-        "--skip", action="append", default=[], metavar="METRIC", help="leave out fid, lpips, emo-a, sem-c or sem-d"
-    )
-    e.add_argument("--device", default="cpu")
+    helps = {
+        "split": "FID reference split",
+        "emo_classifier": "Emo-A classifier (`uniemo train emo-classifier`)",
+        "clip": "CLIP for Sem-C/Sem-D (default: the Emo-A classifier's)",
+        "fid_network": "FID's feature network",
+        "inception_weights": "torch-fidelity's Inception-V3 weight file",
+        "lpips_alexnet": "torchvision's AlexNet weight file for LPIPS",
+        "lpips_linear": "LPIPS' linear-layer file (v0.1 alex.pth)",
+        "sem_classes": "'dataset' or SCENES.txt,OBJECTS.txt (class names)",
+        "pairs": "image pairs per emotion for LPIPS/Sem-D",
+        "seed": "seed of the pairs",
+        "legacy": "EmoGen's protocol (whole-dataset FID reference, …)",
+        "skip": "leave out fid, lpips, emo-a, sem-c or sem-d (repeatable)",
+        "device": "where the networks run",
+    }
+    add_fields(e, GenerationMetricsConfig, helps)
     e.add_argument("--out", default=None, help="also write the report to this JSON file")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_generation)
+
     e = kinds.add_parser("conditioning", help="does the UNet use c? L(θ) with own, shuffled, mean c, empty prompt")
     e.add_argument("--checkpoint", required=True, help="a finished joint run or checkpoint")
     e.add_argument("--data", required=True, help="the dataset it was trained on")
@@ -534,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_conditioning)
 
+
+def _add_tools(sub: Any) -> None:
+    """feedback, demo, attention, serve, architectures."""
     p = sub.add_parser("feedback", help="explicit feedback (Alg. 1): generate, filter, retrain, compare")
     p.add_argument("--config", required=True, help="YAML file or built-in config name (e.g. tiny-feedback)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. feedback.rho=0.3")
@@ -564,6 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("architectures", help="list the built-in (random-init) CLIP architectures")
     p.set_defaults(func=cmd_architectures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uniemo", description="UniEmo: emotion understanding and generation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_synth, _add_train, _add_generate, _add_classify, _add_evaluate, _add_tools):
+        add(sub)
     return parser
 
 

@@ -14,8 +14,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from uniemo.checkpoint import write_atomic
 
@@ -50,7 +52,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "judge_steps": 300,
     },
 }
-TOTAL_STAGES = 8
+STANDIN_CLIP = "uniemo-standin"
 
 
 class _Stages:
@@ -76,184 +78,228 @@ class _Stages:
         logger.info("[%d/%d] %s — %.0f s elapsed%s", index, total, name, elapsed, suffix)
 
 
-def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, Any]:
-    """Runs the demo into ``out`` and returns the evaluation result of the understanding model."""
-    from uniemo.config import load_config, resolve_config_path
+@dataclass
+class _Demo:
+    """What the stages share: the output directory, the mode's settings and the results of the stages so far."""
+
+    out: Path
+    mode: str
+    settings: dict[str, Any]
+    stages: _Stages
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def overrides(self, run: str, *extra: str) -> list[str]:
+        """The ``key=value`` overrides of a training run of this demo (its data, its output directory, ``extra``)."""
+        return [f"data.root={self.path('data')}", f"output_dir={self.path(run)}", *extra]
+
+
+# ---- the stages: each runs its step into out/<name>/ and returns what demo-state.json records of it ---------------
+def _dataset(demo: _Demo) -> dict[str, Any]:
     from uniemo.data.synth import SynthConfig, write_synthetic_dataset
-    from uniemo.evaluate import evaluate_understanding
+
+    write_synthetic_dataset(demo.path("data"), SynthConfig(**demo.settings["synth"]), overwrite=True)
+    return {"dir": str(demo.path("data"))}
+
+
+def _understanding(demo: _Demo) -> dict[str, Any]:
+    from uniemo.config import load_config, resolve_config_path
     from uniemo.train.understanding import train_understanding
 
-    mode = "fast" if fast else "full"
-    settings = SETTINGS[mode]
-    out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(out, force)
-    data_dir, run_dir, eval_dir = out / "data", out / "understanding", out / "evaluation"
+    s = demo.settings
+    shutil.rmtree(demo.path("understanding"), ignore_errors=True)
+    overrides = demo.overrides("understanding", f"optim.max_steps={s['steps']}", f"eval_every={s['eval_every']}")
+    return dict(train_understanding(load_config(resolve_config_path("tiny"), overrides)).__dict__)
 
-    synth_settings = settings["synth"]
-    reused = stages.done("data", synth_settings) and (data_dir / "info.json").is_file()
-    stages.banner(1, TOTAL_STAGES, "built-in dataset", reused)
-    if not reused:
-        write_synthetic_dataset(data_dir, SynthConfig(**synth_settings), overwrite=True)
-        stages.record("data", synth_settings, {"dir": str(data_dir)})
-        stages.state.pop("understanding", None)
 
-    train_settings = {
-        "config": "tiny",
-        "synth": synth_settings,  # every later stage's settings hold the earlier ones: a change redoes what follows
-        "max_steps": settings["steps"],
-        "eval_every": settings["eval_every"],
-    }
-    reused = stages.done("understanding", train_settings) and (run_dir / "best").is_dir()
-    stages.banner(2, TOTAL_STAGES, "stage 1: train the expert-query understanding model", reused)
-    if not reused:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        overrides = [
-            f"data.root={data_dir}",
-            f"output_dir={run_dir}",
-            f"optim.max_steps={settings['steps']}",
-            f"eval_every={settings['eval_every']}",
-        ]
-        summary = train_understanding(load_config(resolve_config_path("tiny"), overrides))
-        stages.record("understanding", train_settings, dict(summary.__dict__))
-        stages.state.pop("evaluation", None)
+def _evaluation(demo: _Demo) -> dict[str, Any]:
+    from uniemo.evaluate import evaluate_understanding
 
-    reused = stages.done("evaluation", train_settings) and (eval_dir / "report.json").is_file()
-    stages.banner(3, TOTAL_STAGES, "evaluate on the test split", reused)
-    if reused:
-        result = json.loads((eval_dir / "report.json").read_text())
-    else:
-        result = evaluate_understanding(run_dir, data_dir, split="test", out_dir=eval_dir)
-        stages.record("evaluation", train_settings, {"accuracy": result["accuracy"]})
-    joint_dir, gen_dir = out / "joint", out / "generation"
-    joint_settings = {**train_settings, "joint_steps": settings["joint_steps"]}
-    reused = stages.done("joint", joint_settings) and (joint_dir / "summary.json").is_file()
-    stages.banner(4, TOTAL_STAGES, "stage 2: joint training with the stand-in Stable Diffusion", reused)
-    if not reused:
-        from uniemo.config import JointRunConfig
-        from uniemo.train.joint import train_joint
+    data, run = demo.path("data"), demo.path("understanding")
+    return {"accuracy": evaluate_understanding(run, data, split="test", out_dir=demo.path("evaluation"))["accuracy"]}
 
-        shutil.rmtree(joint_dir, ignore_errors=True)
-        overrides = [
-            f"data.root={data_dir}",
-            f"output_dir={joint_dir}",
-            f"joint.understanding={run_dir}",
-            f"optim.max_steps={settings['joint_steps']}",
-        ]
-        summary = train_joint(load_config(resolve_config_path("tiny-joint"), overrides, JointRunConfig))
-        stages.record("joint", joint_settings, dict(summary.__dict__))
-    joint = json.loads((joint_dir / "summary.json").read_text())
 
-    # ---- the Emo-A classifier (METHOD §7) and the generated images with their metrics ----------------------------
-    clf_dir, judge_dir = out / "emo-classifier", out / "judge"
-    gen_settings = {
-        **joint_settings,
-        "per_emotion": settings["per_emotion"],
-        "showcase": settings["showcase"],
-        "sample_steps": settings["sample_steps"],
-    }
-    reused = stages.done("generation", gen_settings) and (gen_dir / "metrics.json").is_file()
-    stages.banner(5, TOTAL_STAGES, "generate every emotion, a transfer, a fusion; Emo-A, Sem-C, Sem-D, FID", reused)
-    if reused:
-        generation = json.loads((gen_dir / "metrics.json").read_text())
-    else:
-        from uniemo.metrics.judge import judge_for
-        from uniemo.metrics.networks import train_emotion_classifier
+def _joint(demo: _Demo) -> dict[str, Any]:
+    from uniemo.config import JointRunConfig, load_config, resolve_config_path
+    from uniemo.train.joint import train_joint
 
-        if not (stages.done("emo-classifier", synth_settings) and (clf_dir / "model.json").is_file()):
-            clf = train_emotion_classifier(data_dir, STANDIN_CLIP, clf_dir, seed=0)
-            stages.record("emo-classifier", synth_settings, clf)
-        judge_settings = {**synth_settings, "judge_steps": settings["judge_steps"]}
-        if not (stages.done("judge", judge_settings) and (judge_dir / "model.json").is_file()):
-            judge, origin = judge_for(data_dir, steps=settings["judge_steps"])
-            judge.save_pretrained(judge_dir, trained_on=judge.trained_on)
-            stages.record("judge", judge_settings, {"origin": origin})
-        generation = generate_showcase(
-            joint_dir,
-            data_dir,
-            clf_dir,
-            judge_dir,
-            gen_dir,
-            settings["per_emotion"],
-            settings["showcase"],
-            settings["sample_steps"],
-        )
-        generation["emo-a"]["real_test"] = stages.state["emo-classifier"]["result"]["test_accuracy"]
-        write_atomic(gen_dir / "metrics.json", json.dumps(generation, indent=1))
-        stages.record("generation", gen_settings, {"emo_a": generation["emo-a"]["value"]})
+    shutil.rmtree(demo.path("joint"), ignore_errors=True)
+    extra = f"joint.understanding={demo.path('understanding')}", f"optim.max_steps={demo.settings['joint_steps']}"
+    cfg = load_config(resolve_config_path("tiny-joint"), demo.overrides("joint", *extra), JointRunConfig)
+    return dict(train_joint(cfg).__dict__)
 
-    att_dir = out / "attention"
-    reused = stages.done("attention", joint_settings) and (att_dir / "attention.json").is_file()
-    stages.banner(6, TOTAL_STAGES, "where the expert queries look (attention maps)", reused)
-    if not reused:
-        attention_showcase(joint_dir, data_dir, att_dir)
-        stages.record("attention", joint_settings, {})
 
-    fb_dir = out / "feedback"
-    fb_settings = {
-        **joint_settings,
-        "m": settings["feedback_m"],
-        "steps": settings["feedback_steps"],
-        "sample_steps": settings["sample_steps"],
-    }
-    reused = stages.done("feedback", fb_settings) and (fb_dir / "report.json").is_file()
-    stages.banner(7, TOTAL_STAGES, "explicit feedback (Alg. 1): filter generated images, train on them", reused)
-    if reused:
-        feedback = json.loads((fb_dir / "report.json").read_text())
-    else:
-        from uniemo.config import FeedbackRunConfig
-        from uniemo.train.feedback import run_feedback
+def _generation(demo: _Demo) -> dict[str, Any]:
+    """The Emo-A classifier (METHOD §7) and the attribute judge (each kept while the data is unchanged), then the
+    generated images and their metrics."""
+    from uniemo.metrics.judge import judge_for
+    from uniemo.metrics.networks import train_emotion_classifier
 
-        shutil.rmtree(fb_dir, ignore_errors=True)
-        overrides = [
-            f"data.root={data_dir}",
-            f"output_dir={fb_dir}",
-            f"feedback.checkpoint={joint_dir}",
-            f"feedback.emo_classifier={clf_dir}",
-            f"feedback.images_per_emotion={settings['feedback_m']}",
-            f"optim.max_steps={settings['feedback_steps']}",
-            *([f"feedback.steps={settings['sample_steps']}"] if settings["sample_steps"] else []),
-        ]
-        feedback = run_feedback(load_config(resolve_config_path("tiny-feedback"), overrides, FeedbackRunConfig))
-        stages.record("feedback", fb_settings, {})
+    s, stages, data = demo.settings, demo.stages, demo.path("data")
+    clf_dir, judge_dir, gen_dir = demo.path("emo-classifier"), demo.path("judge"), demo.path("generation")
+    if not (stages.done("emo-classifier", s["synth"]) and (clf_dir / "model.json").is_file()):
+        stages.record("emo-classifier", s["synth"], train_emotion_classifier(data, STANDIN_CLIP, clf_dir, seed=0))
+    judge_settings = {**s["synth"], "judge_steps": s["judge_steps"]}
+    if not (stages.done("judge", judge_settings) and (judge_dir / "model.json").is_file()):
+        judge, origin = judge_for(data, steps=s["judge_steps"])
+        judge.save_pretrained(judge_dir, trained_on=judge.trained_on)
+        stages.record("judge", judge_settings, {"origin": origin})
+    showcase = s["per_emotion"], s["showcase"], s["sample_steps"]
+    generation = generate_showcase(demo.path("joint"), data, clf_dir, judge_dir, gen_dir, *showcase)
+    generation["emo-a"]["real_test"] = stages.state["emo-classifier"]["result"]["test_accuracy"]
+    write_atomic(gen_dir / "metrics.json", json.dumps(generation, indent=1))
+    return {"emo_a": generation["emo-a"]["value"]}
 
-    stages.banner(8, TOTAL_STAGES, "report")
+
+def _attention(demo: _Demo) -> dict[str, Any]:
+    attention_showcase(demo.path("joint"), demo.path("data"), demo.path("attention"))
+    return {}
+
+
+def _feedback(demo: _Demo) -> dict[str, Any]:
+    from uniemo.config import FeedbackRunConfig, load_config, resolve_config_path
+    from uniemo.train.feedback import run_feedback
+
+    s = demo.settings
+    shutil.rmtree(demo.path("feedback"), ignore_errors=True)
+    overrides = demo.overrides(
+        "feedback",
+        f"feedback.checkpoint={demo.path('joint')}",
+        f"feedback.emo_classifier={demo.path('emo-classifier')}",
+        f"feedback.images_per_emotion={s['feedback_m']}",
+        f"optim.max_steps={s['feedback_steps']}",
+        *([f"feedback.steps={s['sample_steps']}"] if s["sample_steps"] else []),
+    )
+    run_feedback(load_config(resolve_config_path("tiny-feedback"), overrides, FeedbackRunConfig))
+    return {}
+
+
+def _report(demo: _Demo) -> dict[str, Any]:
     from uniemo.demo.report import write_report
 
-    report_path = write_report(out, mode)
+    return {"path": str(write_report(demo.out, demo.mode))}
+
+
+def _stage_settings(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each stage's settings; a later stage's hold the earlier ones', so that a change redoes what follows."""
+    understanding = {"config": "tiny", "synth": s["synth"], "max_steps": s["steps"], "eval_every": s["eval_every"]}
+    joint = {**understanding, "joint_steps": s["joint_steps"]}
+    sampling = {"per_emotion": s["per_emotion"], "showcase": s["showcase"], "sample_steps": s["sample_steps"]}
+    feedback = {"m": s["feedback_m"], "steps": s["feedback_steps"], "sample_steps": s["sample_steps"]}
+    return {
+        "data": s["synth"],
+        "understanding": understanding,
+        "evaluation": understanding,
+        "joint": joint,
+        "generation": {**joint, **sampling},
+        "attention": joint,
+        "feedback": {**joint, **feedback},
+    }
+
+
+class Stage(NamedTuple):
+    """One row of the demo: its name (in ``demo-state.json``), what the progress line says, the file that shows it
+    finished (None: it always runs), the step, and the JSON file its result is read from."""
+
+    name: str
+    title: str
+    marker: str | None
+    run: Callable[[_Demo], dict[str, Any]]
+    result: str | None = None
+
+
+#: The demo, in order.
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "built-in dataset", "data/info.json", _dataset),
+    Stage("understanding", "stage 1: train the expert-query model", "understanding/best", _understanding),
+    Stage("evaluation", "evaluate on the test split", "evaluation/report.json", _evaluation, "evaluation/report.json"),
+    Stage(
+        "joint",
+        "stage 2: joint training with the stand-in Stable Diffusion",
+        "joint/summary.json",
+        _joint,
+        "joint/summary.json",
+    ),
+    Stage(
+        "generation",
+        "generate every emotion, a transfer, a fusion; Emo-A, Sem-C, Sem-D, FID",
+        "generation/metrics.json",
+        _generation,
+        "generation/metrics.json",
+    ),
+    Stage("attention", "where the expert queries look (attention maps)", "attention/attention.json", _attention),
+    Stage(
+        "feedback",
+        "explicit feedback (Alg. 1): filter generated images, train on them",
+        "feedback/report.json",
+        _feedback,
+        "feedback/report.json",
+    ),
+    Stage("report", "report", None, _report),
+)
+
+
+def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, Any]:
+    """Runs the demo's stages into ``out`` (each reused when finished with the same settings) and returns the
+    results: the understanding model's test evaluation with ``joint``, ``generation``, ``feedback`` and ``report``
+    (the page's path); :func:`summary_lines` words them."""
+    mode = "fast" if fast else "full"
+    out.mkdir(parents=True, exist_ok=True)
+    demo = _Demo(out, mode, SETTINGS[mode], _Stages(out, force))
+    settings = _stage_settings(demo.settings)
+    for index, stage in enumerate(STAGES, start=1):
+        name = stage.name
+        reused = stage.marker is not None and demo.stages.done(name, settings[name]) and (out / stage.marker).exists()
+        demo.stages.banner(index, len(STAGES), stage.title, reused)
+        if not reused:
+            record = stage.run(demo)
+            if stage.marker is None:
+                demo.results[name] = record
+                continue
+            demo.stages.record(name, settings[name], record)
+            for later in STAGES[index:]:  # what follows was made from the old output
+                demo.stages.state.pop(later.name, None)
+        if stage.result:
+            demo.results[name] = json.loads((out / stage.result).read_text())
+    r = demo.results
+    seconds = time.perf_counter() - demo.stages.start
+    extra = {"joint": r["joint"], "generation": r["generation"], "feedback": r["feedback"], "seconds": seconds}
+    return {**r["evaluation"], **extra, "report": r["report"]["path"]}
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What ``uniemo demo`` prints at the end: each stage's headline figure, from :func:`run_demo`'s result."""
+    joint, generation, feedback = result["joint"], result["generation"], result["feedback"]
     chance = 1 / len(result["classes"])
-    emo_a = generation["emo-a"]
-    print(
-        f"\nunderstanding (built-in dataset, not EmoSet): test accuracy {result['accuracy']:.2%} on "
-        f"N={result['num_samples']} images (chance {chance:.1%}); 2-class {result['sentiment_accuracy']:.2%}"
-    )
-    print(
+    lines = [
+        f"understanding (built-in dataset, not EmoSet): test accuracy {result['accuracy']:.2%} on "
+        f"N={result['num_samples']} images (chance {chance:.1%}); 2-class {result['sentiment_accuracy']:.2%}",
         f"joint training: understanding test accuracy {joint['accuracy_before']:.2%} before, "
-        f"{joint['accuracy_after']:.2%} after ({joint['steps']} steps, {joint['seconds_per_step'] * 1000:.0f} ms/step)"
-    )
+        f"{joint['accuracy_after']:.2%} after ({joint['steps']} steps, "
+        f"{joint['seconds_per_step'] * 1000:.0f} ms/step)",
+    ]
     judged = generation.get("judge", {})
     if judged:
         e, low_high = judged["emotions"], judged["emotions"]["interval"]
-        print(
+        lines.append(
             f"generation (stand-in SD, built-in dataset): Emo-A {e['emo_a']:.2%} [{low_high[0]:.1%}, "
             f"{low_high[1]:.1%}] by the attribute judge on N={e['n']} images (chance {chance:.1%}; real test images "
             f"{judged['real']['emotion']:.2%}, oracle {judged['oracle']['emo_a']:.2%}); 2-class {e['valence']:.2%}"
         )
-    print(
+    emo_a = generation["emo-a"]
+    lines.append(
         f"generation (stand-in SD, built-in dataset): Emo-A {emo_a['value']:.2%} on N={emo_a['n']} images "
         f"(chance {chance:.1%}), read by a classifier on the stand-in CLIP's image features"
     )
-    both = feedback["variants"].get("both", {})
-    base = feedback["variants"].get("baseline", {})
+    both, base = feedback["variants"].get("both", {}), feedback["variants"].get("baseline", {})
     if both and base:
-        print(
+        lines.append(
             f"explicit feedback ({feedback['continued_steps']} more steps): accuracy {base['accuracy']:.2%} without, "
             f"{both['accuracy']:.2%} with {both['added']} filtered generated images"
         )
-    print(f"report: {report_path} · total {time.perf_counter() - stages.start:.0f} s")
-    return {**result, "joint": joint, "generation": generation, "feedback": feedback, "report": str(report_path)}
-
-
-STANDIN_CLIP = "uniemo-standin"
+    return [*lines, f"report: {result['report']} · total {result['seconds']:.0f} s"]
 
 
 def generate_showcase(

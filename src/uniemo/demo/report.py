@@ -104,10 +104,6 @@ def write_report(out: Path, mode: str) -> Path:
     generation = json.loads((out / "generation" / "metrics.json").read_text())
     feedback = json.loads((out / "feedback" / "report.json").read_text())
     attention = json.loads((out / "attention" / "attention.json").read_text())
-    classes = evaluation["classes"]
-    chance = 1 / len(classes)
-    gen_dir = out / "generation"
-    emo = generation["emo-a"]
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         "<title>uniemo demo report</title>",
@@ -117,69 +113,13 @@ def write_report(out: Path, mode: str) -> Path:
         "<b>built-in synthetic dataset</b> with the shipped <b>stand-in</b> CLIP and Stable Diffusion — not on EmoSet "
         "and not with SD 1.5: the numbers show that each mechanism works, not how well UniEmo does on photographs."
         "</p>",
-        # ---- summary
-        '<h2 id="summary">Summary</h2>',
-        _headline(generation, chance),
-        _table(
-            ["what", "value", "N"],
-            [
-                ["understanding: test accuracy", _pct(evaluation["accuracy"]), evaluation["num_samples"]],
-                ["understanding: 2-class accuracy", _pct(evaluation["sentiment_accuracy"]), evaluation["num_samples"]],
-                ["before joint training (test)", _pct(joint["accuracy_before"]), ""],
-                [f"after {joint['steps']} joint steps (test)", _pct(joint["accuracy_after"]), ""],
-                ["generation: Emo-A (head on CLIP features)", _pct(emo["value"]), emo["n"]],
-            ],
-        ),
+        _summary_html(evaluation, joint, generation),
         '<h2 id="judge">Did the emotion reach the images? Four modes, read by the attribute judge</h2>',
         _judge_html(generation),
-        # ---- generation metrics
-        '<h2 id="generation-metrics">Generation metrics</h2>',
-        _table(
-            ["metric", "value", "N", "network"],
-            _metric_rows(generation),
-        ),
-        "<p class=note>Not computed: "
-        + "; ".join(f"{k} ({html.escape(v)})" for k, v in generation.get("skipped", {}).items())
-        + f". Sampling: {html.escape(json.dumps(generation.get('sampling', {})))}.</p>",
-        _table(
-            ["emotion", "Emo-A", "Sem-C", "images"],
-            [
-                [
-                    e,
-                    _pct(emo["per_emotion"][e]),
-                    f"{generation['sem-c']['per_emotion'][e]:.3f}",
-                    generation["per_emotion_n"][e],
-                ]
-                for e in generation["per_emotion_n"]
-            ],
-        ),
-        # ---- images
-        '<h2 id="emotions">Generated images, one row per target emotion</h2>',
-        _img(gen_dir / "emotions.png", "generated images per emotion"),
-        '<h2 id="transfer">Emotion transfer onto neutral content ("a house")</h2>',
-        _img(gen_dir / "transfer-house.png", "emotion transfer"),
-        '<h2 id="fusion">Emotion fusion: amusement and sadness at five weights</h2>',
-        _img(gen_dir / "fusion.png", "emotion fusion"),
-        '<h2 id="reference">From a reference image (left: the reference; right: generated from its feeling)</h2>',
-        _img(gen_dir / "reference.png", "reference images and generated images"),
-        '<h2 id="oracle">Oracle: the stand-in told each emotion\'s own palette, scene and object in words</h2>',
-        _img(gen_dir / "oracle.png", "oracle images"),
-        # ---- understanding
-        '<h2 id="understanding">Understanding: accuracy and confusion matrix</h2>',
-        _table(
-            ["class", "accuracy (recall)"],
-            [[c, _pct(a)] for c, a in evaluation["per_class_accuracy"].items()],
-        ),
-        _img(Path(evaluation["confusion_png"]), "confusion matrix"),
-        '<h2 id="curves">Training curves</h2>',
-        _img(plot_curves(out), "training curves"),
-        # ---- attention
-        '<h2 id="attention">Where the expert queries look</h2>',
-        "<p class=note>The Interactive Blocks' attention of the scene queries (after L₁) and the object queries "
-        "(after L₂) over the patches, averaged over the queries, for the first test image of each emotion "
-        "(paper Fig. 9).</p>",
-        "".join(_img(out / "attention" / a["png"], f"attention {a['emotion']}") for a in attention),
-        # ---- feedback
+        _metrics_html(generation),
+        _images_html(out / "generation"),
+        _understanding_html(out, evaluation),
+        _attention_html(out / "attention", attention),
         '<h2 id="feedback">Explicit feedback (Alg. 1)</h2>',
         _feedback_html(feedback),
         "</body></html>",
@@ -187,6 +127,72 @@ def write_report(out: Path, mode: str) -> Path:
     path = out / "report.html"
     write_atomic(path, "\n".join(parts))
     return path
+
+
+def _summary_html(evaluation: dict[str, Any], joint: dict[str, Any], generation: dict[str, Any]) -> str:
+    emo, n = generation["emo-a"], evaluation["num_samples"]
+    rows = [
+        ["understanding: test accuracy", _pct(evaluation["accuracy"]), n],
+        ["understanding: 2-class accuracy", _pct(evaluation["sentiment_accuracy"]), n],
+        ["before joint training (test)", _pct(joint["accuracy_before"]), ""],
+        [f"after {joint['steps']} joint steps (test)", _pct(joint["accuracy_after"]), ""],
+        ["generation: Emo-A (head on CLIP features)", _pct(emo["value"]), emo["n"]],
+    ]
+    chance = 1 / len(evaluation["classes"])
+    return '<h2 id="summary">Summary</h2>' + _headline(generation, chance) + _table(["what", "value", "N"], rows)
+
+
+def _metrics_html(generation: dict[str, Any]) -> str:
+    emo, sem_c = generation["emo-a"], generation["sem-c"]
+    skipped = "; ".join(f"{k} ({html.escape(v)})" for k, v in generation.get("skipped", {}).items())
+    per_emotion = [
+        [e, _pct(emo["per_emotion"][e]), f"{sem_c['per_emotion'][e]:.3f}", n]
+        for e, n in generation["per_emotion_n"].items()
+    ]
+    return (
+        '<h2 id="generation-metrics">Generation metrics</h2>'
+        + _table(["metric", "value", "N", "network"], _metric_rows(generation))
+        + f"<p class=note>Not computed: {skipped}. "
+        f"Sampling: {html.escape(json.dumps(generation.get('sampling', {})))}.</p>"
+        + _table(["emotion", "Emo-A", "Sem-C", "images"], per_emotion)
+    )
+
+
+def _images_html(gen_dir: Path) -> str:
+    return "\n".join(
+        [
+            '<h2 id="emotions">Generated images, one row per target emotion</h2>',
+            _img(gen_dir / "emotions.png", "generated images per emotion"),
+            '<h2 id="transfer">Emotion transfer onto neutral content ("a house")</h2>',
+            _img(gen_dir / "transfer-house.png", "emotion transfer"),
+            '<h2 id="fusion">Emotion fusion: amusement and sadness at five weights</h2>',
+            _img(gen_dir / "fusion.png", "emotion fusion"),
+            '<h2 id="reference">From a reference image (left: the reference; right: generated from its feeling)</h2>',
+            _img(gen_dir / "reference.png", "reference images and generated images"),
+            '<h2 id="oracle">Oracle: the stand-in told each emotion\'s own palette, scene and object in words</h2>',
+            _img(gen_dir / "oracle.png", "oracle images"),
+        ]
+    )
+
+
+def _understanding_html(out: Path, evaluation: dict[str, Any]) -> str:
+    per_class = [[c, _pct(a)] for c, a in evaluation["per_class_accuracy"].items()]
+    return (
+        '<h2 id="understanding">Understanding: accuracy and confusion matrix</h2>'
+        + _table(["class", "accuracy (recall)"], per_class)
+        + _img(Path(evaluation["confusion_png"]), "confusion matrix")
+        + '<h2 id="curves">Training curves</h2>'
+        + _img(plot_curves(out), "training curves")
+    )
+
+
+def _attention_html(att_dir: Path, attention: list[dict[str, Any]]) -> str:
+    return (
+        '<h2 id="attention">Where the expert queries look</h2>'
+        "<p class=note>The Interactive Blocks' attention of the scene queries (after L₁) and the object queries "
+        "(after L₂) over the patches, averaged over the queries, for the first test image of each emotion "
+        "(paper Fig. 9).</p>" + "".join(_img(att_dir / a["png"], f"attention {a['emotion']}") for a in attention)
+    )
 
 
 def _ci(result: dict[str, Any], value: str = "emo_a", interval: str = "interval") -> str:

@@ -21,7 +21,6 @@ embeddings; Sem-C = mean of max(top scene probability, top object probability).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uniemo.config import GenerationMetricsConfig
 from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionDataset, open_dataset
 from uniemo.data.images import is_image_file, load_image
@@ -39,46 +39,6 @@ from uniemo.metrics.networks import ClipNetwork, EmotionFeatureClassifier, load_
 logger = logging.getLogger(__name__)
 
 METRICS = ("fid", "lpips", "emo-a", "sem-c", "sem-d")
-
-
-@dataclass
-class GenerationMetricsConfig:
-    """What the suite computes and with which networks.
-
-    Attributes:
-        emo_classifier: an Emo-A classifier directory (``uniemo train emo-classifier``); needed for Emo-A.
-        clip: the CLIP for Sem-C (zero-shot), Sem-D and FID on CLIP features; default: the Emo-A classifier's.
-        fid_network: ``inception`` (the standard FID network, via torch-fidelity) or ``clip`` (CLIP image
-            embeddings: comparable only between runs that use the same CLIP, never with published FID).
-        inception_weights: torch-fidelity's Inception weight file (default: torch hub's checkpoint cache).
-        lpips_alexnet / lpips_linear: LPIPS weight files (defaults: see :func:`uniemo.metrics.lpips.load_lpips`).
-        sem_classes: ``dataset`` (CLIP zero-shot over the reference dataset's scene and object names) or two
-            text files ``SCENES.txt,OBJECTS.txt`` with one class name a line (e.g. Places365's and ImageNet's).
-        template: the zero-shot prompt.
-        pairs: random pairs per emotion for LPIPS and Sem-D.
-        seed: seeds the pairs.
-        split: the reference split for FID.
-        legacy: EmoGen's protocol (see the module docstring).
-        skip: metrics not to compute (any of ``fid``, ``lpips``, ``emo-a``, ``sem-c``, ``sem-d``).
-        device: where the networks run.
-        batch_size: images per forward pass.
-    """
-
-    emo_classifier: str | None = None
-    clip: str | None = None
-    fid_network: str = "inception"
-    inception_weights: str | None = None
-    lpips_alexnet: str | None = None
-    lpips_linear: str | None = None
-    sem_classes: str = "dataset"
-    template: str = "a photo of a {}."
-    pairs: int = 1000
-    seed: int = 0
-    split: str = "test"
-    legacy: bool = False
-    skip: tuple[str, ...] = ()
-    device: str = "cpu"
-    batch_size: int = 64
 
 
 def read_generated(directory: str | Path, classes: list[str]) -> dict[str, list[Path]]:

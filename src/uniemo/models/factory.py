@@ -1,4 +1,10 @@
-"""Where CLIP towers come from: a hub id, a local directory, or a named architecture with random weights.
+"""Where models come from: :func:`create_model` / :func:`list_models` for the UniEmo understanding model (a named
+preset or a checkpoint), and the CLIP towers under it (a hub id, a local directory, or a named architecture with
+random weights).
+
+Presets are small JSON files in ``presets/`` (a CLIP backbone and the expert-query architecture), in the manner of
+open_clip's model configs; ``create_model("uniemo-vit-b-32")`` builds the paper's default around the pretrained
+CLIP, ``create_model("runs/x/understanding")`` loads a trained one.
 
 Named architectures are small JSON files in ``model_configs/`` (``list_architectures()``), in the manner of
 open_clip's model configs. They build the real transformers classes (``CLIPVisionModel``,
@@ -22,11 +28,13 @@ from typing import Any
 import torch
 
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
-from uniemo.errors import CheckpointError
+from uniemo.errors import CheckpointError, ConfigError
+from uniemo.models.configs import ExpertQueryConfig
 
 logger = logging.getLogger(__name__)
 
 _CONFIG_PACKAGE = "uniemo.models.model_configs"
+_PRESET_PACKAGE = "uniemo.models.presets"
 _BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
@@ -47,8 +55,7 @@ def resolve_spec(spec: str, part: str) -> str:
 
 def list_architectures() -> list[str]:
     """Names of the built-in CLIP architectures (random init), e.g. ``tiny-clip``."""
-    files = resources.files(_CONFIG_PACKAGE).iterdir()
-    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
+    return _json_names(_CONFIG_PACKAGE)
 
 
 def is_architecture_name(spec: str) -> bool:
@@ -139,6 +146,89 @@ def load_clip_text(spec: str, seed: int = 0) -> tuple[Any, Any]:
     tokenizer = _from_pretrained(CLIPTokenizer, spec, "CLIP tokenizer")
     check_tokenizer(tokenizer, spec)
     return model, tokenizer
+
+
+def _json_names(package: str) -> list[str]:
+    return sorted(f.name[: -len(".json")] for f in resources.files(package).iterdir() if f.name.endswith(".json"))
+
+
+def list_models() -> list[str]:
+    """Names of the understanding-model presets that :func:`create_model` builds, e.g. ``uniemo-vit-b-32``."""
+    return _json_names(_PRESET_PACKAGE)
+
+
+def model_preset(name: str) -> dict[str, Any]:
+    """A preset's JSON: ``description``, ``backbone`` (a CLIP spec) and ``expert_queries`` (ExpertQueryConfig fields).
+
+    Raises:
+        CheckpointError: ``name`` is not a preset.
+    """
+    if name not in list_models():
+        presets = ", ".join(list_models())
+        raise CheckpointError(f"unknown model '{name}': give a preset ({presets}) or a checkpoint directory")
+    return json.loads(resources.files(_PRESET_PACKAGE).joinpath(f"{name}.json").read_text())
+
+
+def _random_vision(spec: str, seed: int) -> Any:
+    """A CLIP vision tower of ``spec``'s architecture with random weights (only its config is read)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    if is_architecture_name(spec):
+        return load_clip_vision(spec, seed)
+    try:
+        config = CLIPVisionConfig.from_pretrained(resolve_spec(spec, "clip"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read the CLIP config of '{spec}': {str(err).strip().splitlines()[0]}") from None
+    with _seeded(seed):
+        return CLIPVisionModel(config)
+
+
+def create_model(
+    name_or_path: str | Path,
+    *,
+    pretrained: bool = True,
+    num_classes: int = 8,
+    attribute_dim: int | None = None,
+    seed: int = 0,
+    gradient_checkpointing: bool = False,
+    **overrides: Any,
+) -> Any:
+    """An :class:`~uniemo.models.understanding.ExpertQueryCLIP` from a preset name or a checkpoint (open_clip's
+    ``create_model``).
+
+    Args:
+        name_or_path: a preset (:func:`list_models`): its CLIP backbone with new expert queries, Interactive Blocks
+            and head, the model stage 1 trains; or a checkpoint / run directory: the trained model it holds.
+        pretrained: a preset's backbone with its pretrained weights (False: random weights of its architecture).
+        num_classes: K of a preset's head.
+        attribute_dim: d_t; default the backbone's projection width (its CLIP text embeddings' width).
+        seed: seeds the new modules (and a random backbone).
+        gradient_checkpointing: recompute encoder layers in backward.
+        **overrides: :class:`~uniemo.models.configs.ExpertQueryConfig` fields that replace the preset's
+            (``query_mode="none"``, ``num_scene_queries=16`` …).
+
+    Raises:
+        CheckpointError: neither a preset nor a checkpoint, or the backbone cannot be loaded.
+        ConfigError: an override that is no architecture field, or options given with a checkpoint.
+    """
+    from uniemo.models.understanding import ExpertQueryCLIP
+
+    name = str(name_or_path)
+    if name not in list_models() and Path(name).expanduser().exists():
+        if overrides or not pretrained:
+            raise ConfigError(f"{name} is a checkpoint: its architecture and weights are fixed (drop the options)")
+        model = ExpertQueryCLIP.from_pretrained(name)
+        model.gradient_checkpointing = gradient_checkpointing
+        return model
+    preset = model_preset(name)
+    vision = load_clip_vision(preset["backbone"], seed) if pretrained else _random_vision(preset["backbone"], seed)
+    sizes = {"num_classes": num_classes, "attribute_dim": attribute_dim or int(vision.config.projection_dim)}
+    try:
+        config = ExpertQueryConfig.from_dict({**preset["expert_queries"], **sizes, **overrides})
+        with _seeded(seed):
+            return ExpertQueryCLIP(vision, config, gradient_checkpointing=gradient_checkpointing)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"create_model('{name}'): {err}") from None
 
 
 def check_tokenizer(tokenizer: Any, source: str) -> None:

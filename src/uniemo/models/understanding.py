@@ -19,7 +19,9 @@ File order (timm's): blocks, output type, model, checkpoint helpers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-QUERY_MODES = ("multi_stage", "single_step", "none")
+from uniemo.checkpoint import (
+    JOINT_KIND,
+    UNDERSTANDING_KIND,
+    atomic_directory,
+    load_weights,
+    read_meta,
+    resolve_checkpoint,
+    save_model,
+)
+from uniemo.errors import CheckpointError
+from uniemo.models.configs import ExpertQueryConfig, QueryMode
+
+QUERY_MODES: tuple[QueryMode, ...] = ("multi_stage", "single_step", "none")
 
 
 class InteractiveBlockLayer(nn.Module):
@@ -108,79 +122,49 @@ class ExpertQueryCLIP(nn.Module):
 
     Args:
         vision: a ``transformers.CLIPVisionModel`` (pretrained or random).
-        num_classes: K, the dataset's number of emotions.
-        attribute_dim: d_t, the width of the attribute text embeddings that L_S / L_O align to.
-        query_mode: ``multi_stage`` | ``single_step`` | ``none``.
-        num_scene_queries / num_object_queries: n_s, n_o.
-        scene_layer / object_layer: L₁, L₂ (1-based); None for the defaults.
-        ib_layers: layers per Interactive Block.
-        beta_init: initial β.
-        num_scene_names / num_object_names: V_s, V_o, sizes of the stored attribute-vocabulary embeddings
-            (buffers ``scene_vocab_embeds`` / ``object_vocab_embeds``, filled by training).
+        config: the expert-query architecture (:class:`~uniemo.models.configs.ExpertQueryConfig`); the model keeps
+            it as ``config`` with L₁ and L₂ resolved.
         gradient_checkpointing: recompute encoder layers in backward to save memory.
+
+    Build one with :func:`uniemo.models.create_model` (a named preset or a checkpoint), or load a checkpoint with
+    :meth:`from_pretrained`.
     """
 
-    def __init__(
-        self,
-        vision: Any,
-        num_classes: int,
-        attribute_dim: int,
-        query_mode: str = "multi_stage",
-        num_scene_queries: int = 32,
-        num_object_queries: int = 32,
-        scene_layer: int | None = None,
-        object_layer: int | None = None,
-        ib_layers: int = 2,
-        beta_init: float = 0.1,
-        num_scene_names: int = 0,
-        num_object_names: int = 0,
-        gradient_checkpointing: bool = False,
-    ) -> None:
+    def __init__(self, vision: Any, config: ExpertQueryConfig, gradient_checkpointing: bool = False) -> None:
         super().__init__()
-        if query_mode not in QUERY_MODES:
-            raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
+        if config.query_mode not in QUERY_MODES:
+            raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {config.query_mode!r}")
         self.vision = vision
-        self.query_mode = query_mode
         self.gradient_checkpointing = gradient_checkpointing
         dim = vision.config.hidden_size
         num_layers = len(vision.encoder.layers)
         default_l1, default_l2 = default_stage_layers(num_layers)
-        self.scene_layer = scene_layer or default_l1
-        self.object_layer = object_layer or default_l2
-        if query_mode != "none" and not 1 <= self.scene_layer < self.object_layer <= num_layers:
+        config = dataclasses.replace(
+            config, scene_layer=config.scene_layer or default_l1, object_layer=config.object_layer or default_l2
+        )
+        if config.query_mode != "none" and not 1 <= config.scene_layer < config.object_layer <= num_layers:
             raise ValueError(
-                f"need 1 <= scene_layer < object_layer <= {num_layers}, got L1={self.scene_layer}, "
-                f"L2={self.object_layer}"
+                f"need 1 <= scene_layer < object_layer <= {num_layers}, got L1={config.scene_layer}, "
+                f"L2={config.object_layer}"
             )
-        self.num_classes = num_classes
-        self.attribute_dim = attribute_dim
-        self.hparams = {
-            "num_classes": num_classes,
-            "attribute_dim": attribute_dim,
-            "query_mode": query_mode,
-            "num_scene_queries": num_scene_queries,
-            "num_object_queries": num_object_queries,
-            "scene_layer": self.scene_layer,
-            "object_layer": self.object_layer,
-            "ib_layers": ib_layers,
-            "beta_init": beta_init,
-            "num_scene_names": num_scene_names,
-            "num_object_names": num_object_names,
-        }
-        if query_mode != "none":
-            self.scene_queries = nn.Parameter(torch.empty(num_scene_queries, dim))
-            self.object_queries = nn.Parameter(torch.empty(num_object_queries, dim))
+        self.config = config
+        self.query_mode = config.query_mode
+        self.scene_layer, self.object_layer = config.scene_layer, config.object_layer
+        self.num_classes, self.attribute_dim = config.num_classes, config.attribute_dim
+        if config.query_mode != "none":
+            self.scene_queries = nn.Parameter(torch.empty(config.num_scene_queries, dim))
+            self.object_queries = nn.Parameter(torch.empty(config.num_object_queries, dim))
             nn.init.trunc_normal_(self.scene_queries, std=0.02)
             nn.init.trunc_normal_(self.object_queries, std=0.02)
-            self.scene_ib = InteractiveBlock(dim, ib_layers)
-            self.object_ib = InteractiveBlock(dim, ib_layers)
-            self.scene_beta = nn.Parameter(torch.tensor(float(beta_init)))
-            self.object_beta = nn.Parameter(torch.tensor(float(beta_init)))
-            self.scene_proj = nn.Linear(dim, attribute_dim, bias=False)
-            self.object_proj = nn.Linear(dim, attribute_dim, bias=False)
-        self.head = nn.Linear(dim, num_classes)
-        self.register_buffer("scene_vocab_embeds", torch.zeros(num_scene_names, attribute_dim))
-        self.register_buffer("object_vocab_embeds", torch.zeros(num_object_names, attribute_dim))
+            self.scene_ib = InteractiveBlock(dim, config.ib_layers)
+            self.object_ib = InteractiveBlock(dim, config.ib_layers)
+            self.scene_beta = nn.Parameter(torch.tensor(float(config.beta_init)))
+            self.object_beta = nn.Parameter(torch.tensor(float(config.beta_init)))
+            self.scene_proj = nn.Linear(dim, config.attribute_dim, bias=False)
+            self.object_proj = nn.Linear(dim, config.attribute_dim, bias=False)
+        self.head = nn.Linear(dim, config.num_classes)
+        self.register_buffer("scene_vocab_embeds", torch.zeros(config.num_scene_names, config.attribute_dim))
+        self.register_buffer("object_vocab_embeds", torch.zeros(config.num_object_names, config.attribute_dim))
 
     # ----------------------------------------------------------------------------------------------------------
     @property
@@ -284,8 +268,8 @@ class ExpertQueryCLIP(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------
     def architecture(self) -> dict[str, Any]:
-        """Everything needed to rebuild this model without weights (stored as ``model.json``)."""
-        return {"vision_config": self.vision.config.to_dict(), **self.hparams}
+        """Everything needed to rebuild this model without weights (``model.json``'s ``architecture``)."""
+        return {"vision_config": self.vision.config.to_dict(), **self.config.to_dict()}
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> ExpertQueryCLIP:
@@ -294,4 +278,44 @@ class ExpertQueryCLIP(nn.Module):
 
         arch = dict(arch)
         vision = CLIPVisionModel(CLIPVisionConfig.from_dict(arch.pop("vision_config")))
-        return cls(vision, **arch)
+        return cls(vision, ExpertQueryConfig.from_dict(arch))
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[ExpertQueryCLIP, dict[str, Any]]:
+        """The model of a stage-1 checkpoint, or the (jointly trained) understanding model of a joint one, with the
+        checkpoint's ``model.json``. ``path``: a checkpoint directory or a run directory (its ``best/``).
+
+        Raises:
+            CheckpointError: missing files, another kind or architecture, or pickle weights.
+        """
+        directory = resolve_checkpoint(path)
+        meta = read_meta(directory, (UNDERSTANDING_KIND, JOINT_KIND))
+        joint = meta["kind"] == JOINT_KIND
+        try:
+            model = cls.from_architecture(meta["architecture"]["understanding"] if joint else meta["architecture"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}/model.json does not describe a valid model ({err})") from None
+        load_weights(directory, model, prefix="understanding." if joint else "")
+        return model, meta
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> ExpertQueryCLIP:
+        """The model of a checkpoint (see :meth:`load`), in eval mode."""
+        return cls.load(path)[0].eval()
+
+    def checkpoint_meta(self, classes: list[str] | None = None, **meta: Any) -> dict[str, Any]:
+        """The ``model.json`` of a stage-1 checkpoint of this model. ``classes``: the emotion names (default ``"0"``
+        … ``"K-1"``); ``meta``: further entries (``scene_vocab``, ``object_vocab``, ``extra``)."""
+        classes = list(classes) if classes is not None else [str(i) for i in range(self.num_classes)]
+        if len(classes) != self.num_classes:
+            raise ValueError(f"{len(classes)} class names for a model of {self.num_classes} classes")
+        info = {"kind": UNDERSTANDING_KIND, "architecture": self.architecture(), "classes": classes}
+        return info | {"scene_vocab": [], "object_vocab": [], "extra": {}} | meta
+
+    def save_pretrained(
+        self, directory: str | Path, classes: list[str] | None = None, config_yaml: str | None = None, **meta: Any
+    ) -> None:
+        """Writes a stage-1 checkpoint directory (:meth:`checkpoint_meta`'s ``model.json``, the weights, the run's
+        ``config.yaml`` when given) that :meth:`from_pretrained` and ``EmotionClassifier`` read, atomically."""
+        with atomic_directory(directory) as tmp:
+            save_model(tmp, self, self.checkpoint_meta(classes, **meta), config_yaml)

@@ -12,15 +12,18 @@ Shape legend:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uniemo.checkpoint import JOINT_KIND, atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.errors import CheckpointError
 from uniemo.models.alpha import attribute_distribution, correlation_coefficient
+from uniemo.models.configs import UniEmoConfig
 from uniemo.models.emotion_space import sample_emotion_space
 from uniemo.models.mappers import ConditionMappers
 from uniemo.models.understanding import ExpertQueryCLIP
@@ -54,38 +57,25 @@ class UniEmoModel(nn.Module):
 
     Args:
         understanding: the stage-1 network.
-        condition_dims: d_c of each text encoder the condition enters.
-        mapper_hidden: the mappers' hidden width.
-        alpha: ``soft``, ``hard`` or ``none`` (α = 1: the "without α" ablation).
-        condition_head: give c its own linear emotion classifier (``ce`` condition loss when Σ d_c ≠ D; with
-            Σ d_c = D the frozen stage-1 head is used instead and this stays False).
-        temperature: τ of π, the attribute distribution (stage 1's τ, so π reads the space L_S / L_O trained).
-        space_bank: M, real (cls, s, o) feature sets kept per emotion, which generation samples from instead of
-            the paper's diagonal Gaussian (0: the Gaussian); buffers ``space_{name}_bank`` (K, M, D).
-        condition_norms: per text encoder, the norm each part of c is rescaled to (the mean norm of that
-            encoder's token embeddings, so that c stays where the encoder's inputs live); None: c as mapped.
+        config: what this model adds (:class:`~uniemo.models.configs.UniEmoConfig`: the condition widths, the
+            mappers' width, α's mode, the condition head, τ, the feature bank, the condition norms).
     """
 
-    def __init__(
-        self,
-        understanding: ExpertQueryCLIP,
-        condition_dims: Sequence[int],
-        mapper_hidden: int = 1024,
-        alpha: str = "soft",
-        condition_head: bool = False,
-        temperature: float = 0.07,
-        space_bank: int = 0,
-        condition_norms: Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, understanding: ExpertQueryCLIP, config: UniEmoConfig) -> None:
         super().__init__()
-        if alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {alpha!r}")
+        if config.alpha not in ALPHA_MODES:
+            raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {config.alpha!r}")
+        if config.condition_norms is not None and len(config.condition_norms) != len(config.condition_dims):
+            raise ValueError(
+                f"one condition norm per text encoder: {len(config.condition_dims)}, got {config.condition_norms}"
+            )
+        self.config = config
         self.understanding = understanding
         dim = understanding.vision.config.hidden_size
         k = understanding.num_classes
-        self.mappers = ConditionMappers(dim, condition_dims, mapper_hidden)
-        self.alpha_mode = alpha
-        self.condition_head = nn.Linear(sum(condition_dims), k) if condition_head else None
+        self.mappers = ConditionMappers(dim, config.condition_dims, config.mapper_hidden)
+        self.alpha_mode = config.alpha
+        self.condition_head = nn.Linear(sum(config.condition_dims), k) if config.condition_head else None
         # The `ce` condition loss reads c with the stage-1 head as it was when joint training began (frozen).
         self.register_buffer("frozen_head_weight", understanding.head.weight.detach().clone())
         self.register_buffer("frozen_head_bias", understanding.head.bias.detach().clone())
@@ -94,22 +84,8 @@ class UniEmoModel(nn.Module):
         for name in SPACE_FEATURES:
             self.register_buffer(f"space_{name}_mean", torch.zeros(k, dim))
             self.register_buffer(f"space_{name}_std", torch.zeros(k, dim))
-            if space_bank:
-                self.register_buffer(f"space_{name}_bank", torch.zeros(k, space_bank, dim))
-        if condition_norms is not None and len(condition_norms) != len(condition_dims):
-            raise ValueError(f"one condition norm per text encoder: {len(condition_dims)}, got {condition_norms}")
-        self.hparams = {
-            "condition_dims": list(condition_dims),
-            "mapper_hidden": mapper_hidden,
-            "alpha": alpha,
-            "condition_head": condition_head,
-            "temperature": temperature,
-        }
-        # Written only when set, so that checkpoints keep the architecture they had before these options existed.
-        if space_bank:
-            self.hparams["space_bank"] = space_bank
-        if condition_norms is not None:
-            self.hparams["condition_norms"] = [float(n) for n in condition_norms]
+            if config.space_bank:
+                self.register_buffer(f"space_{name}_bank", torch.zeros(k, config.space_bank, dim))
 
     @property
     def uses_queries(self) -> bool:
@@ -128,7 +104,7 @@ class UniEmoModel(nn.Module):
         ones = torch.ones(len(emotions), device=emotions.device)
         if self.alpha_mode == "none" or not self.uses_queries:
             return ones, ones
-        tau = self.hparams["temperature"]
+        tau = self.config.temperature
         out = []
         for embeds, vocab, prior in (
             (scene_embeds, self.understanding.scene_vocab_embeds, self.prior_scene),
@@ -171,10 +147,10 @@ class UniEmoModel(nn.Module):
 
     def normalize_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """Each text encoder's part of c (B, Σ d_c) rescaled to ``condition_norms`` (unchanged without them)."""
-        norms = self.hparams.get("condition_norms")
+        norms = self.config.condition_norms
         if norms is None:
             return condition
-        parts = condition.split(self.hparams["condition_dims"], dim=-1)
+        parts = condition.split(list(self.config.condition_dims), dim=-1)
         return torch.cat([F.normalize(p, dim=-1) * n for p, n in zip(parts, norms)], dim=-1)
 
     def condition_logits(self, condition: torch.Tensor) -> torch.Tensor:
@@ -204,12 +180,13 @@ class UniEmoModel(nn.Module):
         for name in names:
             space[f"{name}_mean"] = getattr(self, f"space_{name}_mean")
             space[f"{name}_std"] = getattr(self, f"space_{name}_std") * diversity
-            if self.hparams.get("space_bank") and diversity > 0:
+            if self.config.space_bank and diversity > 0:
                 space[f"{name}_bank"] = getattr(self, f"space_{name}_bank")
         return sample_emotion_space(space, emotions, generator)
 
     def architecture(self) -> dict[str, Any]:
-        return {"understanding": self.understanding.architecture(), **self.hparams}
+        """Everything needed to rebuild this model without weights (``model.json``'s ``architecture``)."""
+        return {"understanding": self.understanding.architecture(), **self.config.to_dict()}
 
     @staticmethod
     def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -219,6 +196,35 @@ class UniEmoModel(nn.Module):
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> UniEmoModel:
+        """Builds an (untrained) model from :meth:`architecture`'s dict."""
         arch = dict(arch)
         understanding = ExpertQueryCLIP.from_architecture(arch.pop("understanding"))
-        return cls(understanding, **arch)
+        return cls(understanding, UniEmoConfig.from_dict(arch))
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[UniEmoModel, dict[str, Any]]:
+        """The model of a joint checkpoint (or run directory) and its ``model.json``.
+
+        Raises:
+            CheckpointError: missing files, another kind or architecture, or pickle weights.
+        """
+        directory = resolve_checkpoint(path)
+        meta = read_meta(directory, JOINT_KIND)
+        try:
+            model = cls.from_architecture(meta["architecture"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}/model.json does not describe a valid UniEmo model ({err})") from None
+        load_weights(directory, model)
+        return model, meta
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> UniEmoModel:
+        """The model of a joint checkpoint (see :meth:`load`), in eval mode; ``UniEmoPipeline`` adds the diffusion
+        model it conditions."""
+        return cls.load(path)[0].eval()
+
+    def save_pretrained(self, directory: str | Path, **meta: Any) -> None:
+        """Writes a joint checkpoint directory of this model, atomically; ``meta``: further ``model.json`` entries
+        (``classes``, ``diffusion``, ``placeholder``, … as ``uniemo train joint`` writes them)."""
+        with atomic_directory(directory) as tmp:
+            save_model(tmp, self, {"kind": JOINT_KIND, **meta, "architecture": self.architecture()})

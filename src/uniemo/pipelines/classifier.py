@@ -19,16 +19,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from uniemo.checkpoint import atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.checkpoint import JOINT_KIND, UNDERSTANDING_KIND
 from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate
 from uniemo.data.images import draft_size, load_image
 from uniemo.data.transforms import ClipTransform
-from uniemo.errors import CheckpointError
 from uniemo.models.understanding import ExpertQueryCLIP, UnderstandingOutput
 
-KIND = "understanding"
-JOINT_KIND = "uniemo"  # stage-2 checkpoints (uniemo.train.joint)
+KIND = UNDERSTANDING_KIND
+__all__ = ["JOINT_KIND", "KIND", "EmotionClassifier", "Prediction", "checkpoint_meta", "predict_dataset"]
 
 
 @dataclass
@@ -92,24 +91,15 @@ class EmotionClassifier:
         Raises:
             CheckpointError: missing files, another kind or architecture, or pickle weights.
         """
-        directory = resolve_checkpoint(path)
-        meta = read_meta(directory, (KIND, JOINT_KIND))
-        joint = meta["kind"] == JOINT_KIND  # a stage-2 checkpoint holds the (jointly trained) understanding model
-        try:
-            arch = meta["architecture"]["understanding"] if joint else meta["architecture"]
-            model = ExpertQueryCLIP.from_architecture(arch)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{directory}/model.json does not describe a valid model ({err})") from None
-        load_weights(directory, model, prefix="understanding." if joint else "")
+        model, meta = ExpertQueryCLIP.load(path)
         return cls(
             model.to(device), list(meta["classes"]), meta.get("scene_vocab", []), meta.get("object_vocab", []), meta
         )
 
     def save_pretrained(self, directory: str | Path, config_yaml: str | None = None) -> None:
         """Writes a checkpoint directory that :meth:`from_pretrained` reads (atomically: it replaces ``directory``)."""
-        meta = checkpoint_meta(self.model, self.classes, self.scene_vocab, self.object_vocab, self.meta.get("extra"))
-        with atomic_directory(directory) as tmp:
-            save_model(tmp, self.model, meta, config_yaml)
+        vocabs = {"scene_vocab": list(self.scene_vocab), "object_vocab": list(self.object_vocab)}
+        self.model.save_pretrained(directory, self.classes, config_yaml, **vocabs, extra=self.meta.get("extra") or {})
 
     # ----------------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image | str | Path]) -> torch.Tensor:
@@ -187,15 +177,9 @@ def checkpoint_meta(
     object_vocab: list[str],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``model.json`` of an understanding checkpoint."""
-    return {
-        "kind": KIND,
-        "architecture": model.architecture(),
-        "classes": list(classes),
-        "scene_vocab": list(scene_vocab),
-        "object_vocab": list(object_vocab),
-        "extra": extra or {},
-    }
+    """The ``model.json`` of an understanding checkpoint (:meth:`ExpertQueryCLIP.checkpoint_meta`)."""
+    vocabs = {"scene_vocab": list(scene_vocab), "object_vocab": list(object_vocab)}
+    return model.checkpoint_meta(classes, **vocabs, extra=extra or {})
 
 
 @torch.no_grad()

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from uniemo.checkpoint import atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.checkpoint import atomic_directory, resolve_checkpoint, save_model
+from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError
@@ -32,15 +33,9 @@ from uniemo.models.emotion_space import fuse_conditions
 from uniemo.models.factory import STANDIN, standin_path
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel
-from uniemo.pipelines.classifier import JOINT_KIND
+from uniemo.runtime import default_device
 
-#: The sampler used when none is named: DPM-Solver++ (2nd order, multistep) reaches at 25 steps what DDIM or
-#: PLMS reach at 50. ``scheduler="model", steps=50`` is the paper's (and EmoGen's) setting: the diffusion model's
-#: own scheduler (PLMS for SD 1.5) at diffusers' default 50 steps.
-DEFAULT_SCHEDULER = "dpm++"
-DEFAULT_STEPS = 25
-#: Classifier-free guidance when the checkpoint does not carry its own (Stable Diffusion's usual 7.5).
-DEFAULT_GUIDANCE = 7.5
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def default_scheduler(diffusion: str | None) -> str:
@@ -193,25 +188,26 @@ class UniEmoPipeline:
     def from_pretrained(
         cls,
         path: str | Path,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = "cpu",
         diffusion: str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str | None = torch.float32,
     ) -> UniEmoPipeline:
         """Loads a joint checkpoint (a run directory or its ``last/``) and the diffusion model it was trained with
         (its own copy when saved with ``include_diffusion``, else the stored hub id or path; ``diffusion``
-        overrides both). ``dtype`` is the diffusion model's (``torch.float16`` on a GPU halves its memory); the
-        UniEmo model stays in float32.
+        overrides both). ``device`` None: ``cuda`` when available, else ``cpu``. ``dtype`` is the diffusion
+        model's, a ``torch.dtype`` or its name (``float16`` on a GPU halves its memory); None: ``float16`` on a
+        GPU, ``float32`` on the CPU. The UniEmo model stays in float32.
 
         Raises:
             CheckpointError: not a finished joint checkpoint, another architecture, or no diffusion model.
         """
+        device = default_device(device)
+        if dtype is None:
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        elif isinstance(dtype, str):
+            dtype = _DTYPES[dtype]
+        model, meta = UniEmoModel.load(path)
         directory = resolve_checkpoint(path)
-        meta = read_meta(directory, JOINT_KIND)
-        try:
-            model = UniEmoModel.from_architecture(meta["architecture"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{directory}/model.json does not describe a valid UniEmo model ({err})") from None
-        load_weights(directory, model)
         trained_with = meta.get("diffusion")
         if diffusion is None:
             saved = directory / _SAVED_DIFFUSION
@@ -223,10 +219,10 @@ class UniEmoPipeline:
             pipe.to(dtype=dtype)
         pipeline = cls(model, pipe, meta)
         pipeline.default_scheduler = default_scheduler(trained_with)
-        if list(pipeline.encoder.condition_dims) != list(model.hparams["condition_dims"]):
+        if list(pipeline.encoder.condition_dims) != list(model.config.condition_dims):
             raise CheckpointError(
                 f"the diffusion model '{diffusion}' takes conditions of width {pipeline.encoder.condition_dims}, "
-                f"the checkpoint's mappers give {model.hparams['condition_dims']}: it was trained for another one"
+                f"the checkpoint's mappers give {list(model.config.condition_dims)}: it was trained for another one"
             )
         return pipeline.to(device)
 

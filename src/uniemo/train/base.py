@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from uniemo.checkpoint import atomic_directory
+from uniemo.config import BaseConfig
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.data.datasets import open_dataset
 from uniemo.data.images import load_image
@@ -46,30 +47,6 @@ from uniemo.errors import CheckpointError, DataError
 from uniemo.models.factory import architecture_config, clip_tokenizer, save_clip_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BaseConfig:
-    """Recipe of the stand-in models (the defaults are the shipped stand-in's)."""
-
-    seed: int = 0
-    image_size: int = 32  # diffusion resolution (latents at half of it)
-    clip_steps: int = 1200
-    clip_batch: int = 64
-    clip_lr: float = 5e-4
-    text_width: int = 32
-    vae_steps: int = 1000
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    unet_steps: int = 4000
-    unet_batch: int = 32
-    unet_lr: float = 4e-4
-    caption_dropout: float = 0.1
-    high_noise_share: float = 0.0  # this share of each UNet batch draws t from the noisiest 40 % of the timesteps
-    text_steps: int = 0  # > 0: SD's text encoder is a copy of the CLIP trained this many steps on hard negatives
-    text_lr: float = 3e-4
-    threads: int = 0
-    init: str | None = None  # continue from this stand-in: keep its CLIP, VAE and SD text encoder, train its UNet
 
 
 def caption_of(scene: str | None, objects: tuple[str, ...], palette: str | None) -> str:

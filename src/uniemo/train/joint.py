@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from uniemo.checkpoint import load_weights, read_meta, resolve_checkpoint
+from uniemo.checkpoint import resolve_checkpoint
 from uniemo.config import JointRunConfig
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset, per_class
 from uniemo.data.transforms import ClipTransform
@@ -26,6 +26,7 @@ from uniemo.errors import CheckpointError, ConfigError, DataError
 from uniemo.losses import condition_loss, diffusion_loss, understanding_loss
 from uniemo.metrics.classification import classification_report
 from uniemo.models.alpha import classifier_prior, cooccurrence_prior, train_prior_head
+from uniemo.models.configs import UniEmoConfig
 from uniemo.models.diffusion import load_stable_diffusion
 from uniemo.models.emotion_space import emotion_space
 from uniemo.models.factory import is_architecture_name
@@ -197,8 +198,8 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
     """The model a joint run trains, from ``joint.understanding`` (new mappers) or ``joint.init_from``."""
     j = cfg.joint
     if j.init_from:
+        model, meta = UniEmoModel.load(j.init_from)
         directory = resolve_checkpoint(j.init_from)
-        meta = read_meta(directory, JOINT_KIND)
         if not meta.get("finished"):
             raise CheckpointError(f"{directory} is an unfinished joint run: finish it with --resume first")
         if int(meta.get("resolution", j.resolution)) != j.resolution:
@@ -206,8 +207,6 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
                 f"joint.resolution is {j.resolution} but {directory} was trained at {meta['resolution']}: set "
                 f"joint.resolution={meta['resolution']}"
             )
-        model = UniEmoModel.from_architecture(meta["architecture"])
-        load_weights(directory, model)
         pipe = load_stable_diffusion(meta["diffusion"], seed=int(meta.get("diffusion_seed", 0)))
         encoder = PromptEncoder(pipe, meta.get("placeholder", j.placeholder))
         return JointStart(model, pipe, encoder, meta["classes"], meta["scene_vocab"], meta["object_vocab"], {}, meta)
@@ -220,9 +219,8 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
     norms = None
     if j.condition_norm == "token":
         norms = [float(token_norms(injector).mean()) for injector in encoder.injectors]
-    model = UniEmoModel(
-        stage1.model, encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature, j.space_bank, norms
-    )
+    arch = UniEmoConfig(encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature, j.space_bank, norms)
+    model = UniEmoModel(stage1.model, arch)
     return JointStart(
         model, pipe, encoder, stage1.classes, stage1.scene_vocab, stage1.object_vocab, stage1.meta.get("extra", {})
     )
@@ -518,7 +516,7 @@ def build_emotion_space(trainer: Trainer, evaluate: JointEvaluation, data: Joint
     feats = dataset_features(model, data.space_set, batch)
     classes = list(trainer.meta["classes"])
     try:
-        bank = int(model.hparams.get("space_bank", 0))
+        bank = model.config.space_bank
         model.set_emotion_space(emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed))
     except ValueError as err:
         trainer.save_last()
@@ -538,7 +536,7 @@ def _stratified(samples: list, limit: int, num_classes: int) -> list:
 
 
 def model_temperature(model: UniEmoModel) -> float:
-    return float(model.hparams["temperature"])
+    return model.config.temperature
 
 
 @dataclass

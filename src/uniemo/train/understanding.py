@@ -22,6 +22,7 @@ from uniemo.data.transforms import ClipTransform
 from uniemo.errors import ConfigError
 from uniemo.losses import understanding_loss
 from uniemo.metrics.classification import classification_report
+from uniemo.models.configs import ExpertQueryConfig
 from uniemo.models.factory import encode_texts, load_clip_text, load_clip_vision
 from uniemo.models.understanding import ExpertQueryCLIP
 from uniemo.pipelines.classifier import checkpoint_meta, predict_dataset
@@ -86,24 +87,11 @@ def param_groups(model: ExpertQueryCLIP, cfg: Any) -> list[dict[str, Any]]:
 
 def build_model(cfg: UnderstandingRunConfig, num_classes: int, attribute_dim: int, vocab_sizes: tuple[int, int]):
     """The :class:`ExpertQueryCLIP` a config describes (backbone loaded or randomly initialised)."""
-    m = cfg.model
-    vision = load_clip_vision(m.backbone, seed=cfg.seed)
+    vision = load_clip_vision(cfg.model.backbone, seed=cfg.seed)
+    sizes = {"num_scene_names": vocab_sizes[0], "num_object_names": vocab_sizes[1]}
     try:
-        return ExpertQueryCLIP(
-            vision,
-            num_classes,
-            attribute_dim,
-            query_mode=m.query_mode,
-            num_scene_queries=m.num_scene_queries,
-            num_object_queries=m.num_object_queries,
-            scene_layer=m.scene_layer,
-            object_layer=m.object_layer,
-            ib_layers=m.ib_layers,
-            beta_init=m.beta_init,
-            num_scene_names=vocab_sizes[0],
-            num_object_names=vocab_sizes[1],
-            gradient_checkpointing=m.gradient_checkpointing,
-        )
+        arch = ExpertQueryConfig.fields_of(cfg.model, num_classes=num_classes, attribute_dim=attribute_dim, **sizes)
+        return ExpertQueryCLIP(vision, arch, gradient_checkpointing=cfg.model.gradient_checkpointing)
     except ValueError as err:
         raise ConfigError(f"model config: {err}") from None
 
@@ -131,8 +119,7 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
         ConfigError / DataError / CheckpointError: bad configuration, data or backbone.
         TrainingError: a non-finite loss (the last good checkpoint stays in ``output_dir/last``).
     """
-    required = {"output_dir": (cfg.output_dir, "runs/my-run"), "data.root": (cfg.data.root, "/data/EmoSet-118K")}
-    require(required)
+    require({"output_dir": (cfg.output_dir, "runs/my-run"), "data.root": (cfg.data.root, "/data/EmoSet-118K")})
     run = open_run(cfg, resume, kept=("last", "best"))
 
     # ---- data and attribute text embeddings -------------------------------------------------------------------
