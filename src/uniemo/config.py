@@ -324,9 +324,6 @@ class FeedbackRunConfig(JointRunConfig):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Loading, overrides and type checking
-
-
 # Configs of the commands without a run YAML (their CLI options are made from these fields)
 
 
@@ -392,6 +389,10 @@ class GenerationMetricsConfig:
     skip: tuple[str, ...] = ()
     device: str = "cpu"
     batch_size: int = 64
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading, overrides and type checking
 
 
 def _type_name(tp: Any) -> str:

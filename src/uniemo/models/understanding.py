@@ -126,8 +126,8 @@ class ExpertQueryCLIP(nn.Module):
             it as ``config`` with L₁ and L₂ resolved.
         gradient_checkpointing: recompute encoder layers in backward to save memory.
 
-    Build one with :func:`uniemo.models.create_model` (a named preset or a checkpoint), or load a checkpoint with
-    :meth:`from_pretrained`.
+    Build one with :func:`uniemo.models.factory.create_model` (a named preset or a checkpoint), or load a
+    checkpoint with :meth:`from_pretrained`.
     """
 
     def __init__(self, vision: Any, config: ExpertQueryConfig, gradient_checkpointing: bool = False) -> None:
