@@ -1,5 +1,7 @@
 """The CLI as a user runs it: a real subprocess, real files, one-line errors."""
 
+import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -10,6 +12,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import micro_overrides
+from uniemo.config import (
+    BaseConfig,
+    ConditioningProbeConfig,
+    EmoClassifierConfig,
+    GenerationMetricsConfig,
+    SamplingConfig,
+    UnderstandingEvalConfig,
+)
 from uniemo.data.datasets import open_dataset
 from uniemo.pipelines.classifier import EmotionClassifier
 
@@ -44,7 +54,6 @@ def test_options_take_their_defaults_from_the_library_configs():
     """A command's options are its config's fields: left out, the library's default; given, that field only."""
     from uniemo.cli.main import build_parser
     from uniemo.cli.options import fields_from
-    from uniemo.config import BaseConfig, GenerationMetricsConfig
     from uniemo.data.synth import SynthConfig
 
     parse = build_parser().parse_args
@@ -61,6 +70,48 @@ def test_options_take_their_defaults_from_the_library_configs():
     )
     with pytest.raises(SystemExit):  # a Literal field offers only its values
         parse([*evaluate, "--fid-network", "vgg"])
+    train = ["train", "emo-classifier", "d", "--clip", "c", "--out", "o"]
+    assert fields_from(EmoClassifierConfig, parse(train)) == EmoClassifierConfig()
+    args = parse([*train, "--format", "twitter", "--fold", "2", "--cache", "f"])
+    assert fields_from(EmoClassifierConfig, args) == EmoClassifierConfig(data_format="twitter", fold=2, cache_dir="f")
+    evaluate = ["evaluate", "understanding", "--checkpoint", "c", "--data", "d"]
+    assert fields_from(UnderstandingEvalConfig, parse(evaluate)) == UnderstandingEvalConfig()
+    args = parse([*evaluate, "--workers", "3", "--split", "val"])
+    assert fields_from(UnderstandingEvalConfig, args) == UnderstandingEvalConfig(num_workers=3, split="val")
+    probe = ["evaluate", "conditioning", "--checkpoint", "c", "--data", "d"]
+    assert fields_from(ConditioningProbeConfig, parse(probe)) == ConditioningProbeConfig()
+    args = parse([*probe, "--images", "16", "--draws", "2"])
+    assert fields_from(ConditioningProbeConfig, args) == ConditioningProbeConfig(num_images=16, draws=2)
+    generate = ["generate", "--checkpoint", "c", "--out", "o"]
+    assert fields_from(SamplingConfig, parse(generate)) == SamplingConfig()
+    args = parse([*generate, "--steps", "50", "--scheduler", "model", "--diversity", "0"])
+    assert fields_from(SamplingConfig, args) == SamplingConfig(steps=50, scheduler="model", diversity=0.0)
+
+
+def test_help_imports_no_torch():
+    """The parser is built from torch-free configs, so ``uniemo --help`` answers at once."""
+    code = "import sys; from uniemo.cli.main import build_parser; build_parser(); "
+    code += "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_library_functions_take_their_defaults_from_the_same_configs():
+    """The function a command calls has the defaults of the command's config, so the CLI and Python agree."""
+    from uniemo.evaluate import evaluate_understanding
+    from uniemo.metrics.networks import train_emotion_classifier
+    from uniemo.pipelines.generation import UniEmoPipeline
+    from uniemo.train.conditioning import diagnose_checkpoint
+
+    for function, config in (
+        (train_emotion_classifier, EmoClassifierConfig()),
+        (evaluate_understanding, UnderstandingEvalConfig()),
+        (diagnose_checkpoint, ConditioningProbeConfig()),
+        (UniEmoPipeline.__call__, SamplingConfig()),
+    ):
+        parameters = inspect.signature(function).parameters
+        for name, value in dataclasses.asdict(config).items():
+            assert parameters[name].default == value, (function.__qualname__, name)
 
 
 def test_classify_folder_json_and_text(trained_run, synth_dir, tmp_path):

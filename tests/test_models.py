@@ -237,7 +237,7 @@ def test_the_run_config_decides_the_architecture():
     overrides += ["model.ib_layers=1", "model.beta_init=0.3", "model.scene_layer=1", "model.object_layer=5"]
     model = stage1.build_model(load_config(None, overrides), 4, 16, (3, 7))
     assert model.config == ExpertQueryConfig(4, 16, "multi_stage", 5, 2, 1, 5, 1, 0.3, 3, 7)
-    assert float(model.scene_beta) == pytest.approx(0.3) and len(model.scene_ib.layers) == 1
+    assert float(model.scene_beta.detach()) == pytest.approx(0.3) and len(model.scene_ib.layers) == 1
 
 
 def test_unified_model_round_trip(tmp_path):

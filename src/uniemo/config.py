@@ -391,6 +391,67 @@ class GenerationMetricsConfig:
     batch_size: int = 64
 
 
+@dataclass(frozen=True)
+class EmoClassifierConfig:
+    """Recipe of the Emo-A classifier, a two-layer head on CLIP image embeddings (``uniemo train emo-classifier``;
+    :func:`uniemo.metrics.networks.train_emotion_classifier` takes its defaults from here).
+
+    Attributes:
+        data_format / fold: the dataset's layout (``auto``: detected) and cross-validation fold.
+        epochs / hidden / lr / seed: the head's training.
+        cache_dir: where the embeddings are cached (default: ``<out>-feature-cache`` beside the output).
+        device: where CLIP runs.
+    """
+
+    data_format: str = "auto"
+    fold: int = 0
+    epochs: int = 30
+    hidden: int = 512
+    lr: float = 1e-3
+    seed: int = 0
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class UnderstandingEvalConfig:
+    """Which images ``uniemo evaluate understanding`` reads and how (:func:`uniemo.evaluate.evaluate_understanding`
+    takes its defaults from here)."""
+
+    split: str = "test"
+    data_format: str = "auto"
+    fold: int = 0
+    batch_size: int = 64
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ConditioningProbeConfig:
+    """The probe of ``uniemo evaluate conditioning``: ``num_images`` held-out images of ``split``, taken evenly
+    across emotions, each with ``draws`` fixed noise/timestep draws (:func:`uniemo.train.conditioning.
+    diagnose_checkpoint` takes its defaults from here)."""
+
+    split: str = "val"
+    num_images: int = 128
+    draws: int = 6
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings of :class:`uniemo.pipelines.generation.UniEmoPipeline` that ``uniemo generate`` exposes
+    (the pipeline's ``__call__`` takes its defaults from here; None: the checkpoint's, else
+    :data:`~uniemo.constants.DEFAULT_STEPS` / ``DEFAULT_GUIDANCE`` / ``DEFAULT_SCHEDULER``)."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    negative_prompt: str = ""
+    diversity: float = 1.0
+    seed: int = 0
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading, overrides and type checking
 

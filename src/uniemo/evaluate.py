@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from uniemo.checkpoint import resolve_checkpoint, write_atomic
+from uniemo.config import UnderstandingEvalConfig
 from uniemo.constants import SENTIMENTS, positive_mask
 from uniemo.data.datasets import EmotionImageDataset, open_dataset
 from uniemo.errors import UniEmoError
@@ -44,15 +45,18 @@ def label_mapping(model_classes: list[str], data_classes: list[str]) -> tuple[Ca
     )
 
 
+_EVAL = UnderstandingEvalConfig()
+
+
 def evaluate_understanding(
     checkpoint: str | Path,
     data: str | Path,
-    split: str = "test",
-    data_format: str = "auto",
-    fold: int = 0,
+    split: str = _EVAL.split,
+    data_format: str = _EVAL.data_format,
+    fold: int = _EVAL.fold,
     out_dir: str | Path | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    batch_size: int = _EVAL.batch_size,
+    num_workers: int = _EVAL.num_workers,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Top-1, per-class and 2-class accuracy and the confusion matrix of a checkpoint on a dataset split.

@@ -6,6 +6,7 @@ User errors (bad paths, configs, data, checkpoints) print one ``error:`` line an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -14,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from uniemo.cli.options import add_fields, fields_from
-from uniemo.config import BaseConfig, GenerationMetricsConfig, resolve_config_path
+from uniemo.config import (
+    BaseConfig,
+    ConditioningProbeConfig,
+    EmoClassifierConfig,
+    GenerationMetricsConfig,
+    SamplingConfig,
+    UnderstandingEvalConfig,
+    resolve_config_path,
+)
 from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.errors import UniEmoError
 from uniemo.runtime import tune_allocator
@@ -106,32 +115,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UniEmoError("give --emotion NAME (or NAME=WEIGHT, repeated) or --reference IMAGE")
     pipe = UniEmoPipeline.from_pretrained(args.checkpoint, args.device, args.diffusion, args.dtype)
     if args.emotion == ["all"]:  # one folder per emotion: the layout `uniemo evaluate generation` reads
-        total = 0
-        for emotion in pipe.classes:
-            args.emotion = [emotion]
-            total += _generate_one(pipe, args, Path(args.out) / emotion)
+        total = sum(_generate_one(pipe, args, [emotion], Path(args.out) / emotion) for emotion in pipe.classes)
         print(f"wrote {total} image(s) to {args.out}/<emotion>/ ({len(pipe.classes)} emotions)")
         return 0
-    count = _generate_one(pipe, args, Path(args.out))
+    count = _generate_one(pipe, args, args.emotion or None, Path(args.out))
     print(f"wrote {count} image(s) and settings.json to {args.out}")
     return 0
 
 
-def _generate_one(pipe, args: argparse.Namespace, out: Path) -> int:
+def _generate_one(pipe, args: argparse.Namespace, emotion: list[str] | None, out: Path) -> int:
     from uniemo.pipelines.generation import save_generation
 
-    output = pipe(
-        emotion=args.emotion or None,
-        prompt=args.prompt,
-        reference=args.reference,
-        num_images=args.num_images,
-        steps=args.steps,
-        guidance=args.guidance,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        negative_prompt=args.negative_prompt,
-        diversity=args.diversity,
-    )
+    sampling = dataclasses.asdict(fields_from(SamplingConfig, args))
+    output = pipe(emotion, args.prompt, args.reference, num_images=args.num_images, **sampling)
     stem = "reference" if args.reference else "-".join(output.settings.emotions)
     return len(save_generation(output, out, stem, {"checkpoint": str(args.checkpoint)}))
 
@@ -190,18 +186,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_train_emo_classifier(args: argparse.Namespace) -> int:
     from uniemo.metrics.networks import train_emotion_classifier
 
-    result = train_emotion_classifier(
-        args.data,
-        args.clip,
-        args.out,
-        data_format=args.format,
-        epochs=args.epochs,
-        hidden=args.hidden,
-        lr=args.lr,
-        seed=args.seed,
-        cache_dir=args.cache,
-        device=args.device,
-    )
+    cfg = fields_from(EmoClassifierConfig, args)
+    result = train_emotion_classifier(args.data, args.clip, args.out, **dataclasses.asdict(cfg))
     accuracies = ", ".join(
         f"{name} accuracy {result[key]:.2%}"
         for name, key in (("val", "val_accuracy"), ("test", "test_accuracy"))
@@ -241,9 +227,8 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> int:
 def cmd_evaluate_conditioning(args: argparse.Namespace) -> int:
     from uniemo.train.conditioning import diagnose_checkpoint, format_conditioning
 
-    report = diagnose_checkpoint(
-        args.checkpoint, args.data, args.split, args.images, args.draws, args.seed, device=args.device
-    )
+    cfg = fields_from(ConditioningProbeConfig, args)
+    report = diagnose_checkpoint(args.checkpoint, args.data, **dataclasses.asdict(cfg))
     print(json.dumps(report) if args.json else format_conditioning(report))
     return 0
 
@@ -262,16 +247,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_evaluate_understanding(args: argparse.Namespace) -> int:
     from uniemo.evaluate import evaluate_understanding
 
-    result = evaluate_understanding(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        data_format=args.format,
-        fold=args.fold,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-    )
+    cfg = fields_from(UnderstandingEvalConfig, args)
+    result = evaluate_understanding(args.checkpoint, args.data, out_dir=args.out, **dataclasses.asdict(cfg))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -377,13 +354,17 @@ def _add_train(sub: Any) -> None:
     t.add_argument("data", help="dataset directory; the head trains on its training split")
     t.add_argument("--clip", required=True, help="pretrained CLIP: hub id, directory, or uniemo-standin")
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--format", default="auto", help="dataset layout (default: detected)")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--hidden", type=int, default=512, help="hidden width of the two-layer head (default 512)")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--cache", default=None, help="feature cache directory (default: <out>-feature-cache)")
-    t.add_argument("--device", default="cpu")
+    helps = {
+        "data_format": "dataset layout (default: detected)",
+        "fold": "cross-validation fold (Twitter)",
+        "epochs": "training epochs of the head",
+        "hidden": "hidden width of the two-layer head",
+        "lr": "learning rate",
+        "seed": "seed",
+        "cache_dir": "feature cache directory (default: <out>-feature-cache)",
+        "device": "where CLIP runs",
+    }
+    add_fields(t, EmoClassifierConfig, helps, flags={"data_format": "--format", "cache_dir": "--cache"})
     t.set_defaults(func=cmd_train_emo_classifier)
 
 
@@ -400,21 +381,18 @@ def _add_generate(sub: Any) -> None:
     )
     p.add_argument("--prompt", default=None, help="content to transfer the emotion onto (e.g. 'a bench')")
     p.add_argument("--reference", default=None, metavar="IMAGE", help="evoke this image's feeling instead")
-    p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--steps", type=int, help=f"sampling steps (default: the checkpoint's, else {DEFAULT_STEPS})")
-    p.add_argument(
-        "--guidance", type=float, help=f"classifier-free guidance (default: the checkpoint's, else {DEFAULT_GUIDANCE})"
-    )
-    p.add_argument(
-        "--scheduler",
-        help=f"{DEFAULT_SCHEDULER} (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, pndm, euler, "
-        "euler-a, or 'model' (the diffusion model's own; the paper's setting is --scheduler model --steps 50)",
-    )
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument(
-        "--diversity", type=float, default=1.0, help="scale of the emotion space's spread (1: as trained; 0: its mean)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--num-images", type=int, default=4, help="images to make (default 4)")
+    helps = {
+        "steps": f"sampling steps (default: the checkpoint's, else {DEFAULT_STEPS})",
+        "guidance": f"classifier-free guidance (default: the checkpoint's, else {DEFAULT_GUIDANCE})",
+        "scheduler": f"{DEFAULT_SCHEDULER} (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, "
+        "pndm, euler, euler-a, or 'model' (the diffusion model's own; the paper's setting is --scheduler model "
+        "--steps 50)",
+        "negative_prompt": "what the images should not show (default: nothing)",
+        "diversity": "scale of the emotion space's spread (1: as trained; 0: its mean)",
+        "seed": "image i uses seed + i",
+    }
+    add_fields(p, SamplingConfig, helps)
     p.add_argument("--diffusion", default=None, help="use this diffusion model instead of the stored one")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     p.add_argument(
@@ -445,12 +423,15 @@ def _add_evaluate(sub: Any) -> None:
     e = kinds.add_parser("understanding", help="accuracy, per-class and 2-class accuracy, confusion matrix")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True, help="dataset directory (EmoSet, FI, EmotionROI, Twitter, folders)")
-    e.add_argument("--split", default="test")
-    e.add_argument("--format", default="auto", help="dataset layout (default: detected)")
-    e.add_argument("--fold", type=int, default=0, help="cross-validation fold (Twitter)")
+    helps = {
+        "split": "the split to evaluate",
+        "data_format": "dataset layout (default: detected)",
+        "fold": "cross-validation fold (Twitter)",
+        "batch_size": "images per forward pass",
+        "num_workers": "image-decoding worker processes",
+    }
+    add_fields(e, UnderstandingEvalConfig, helps, flags={"data_format": "--format", "num_workers": "--workers"})
     e.add_argument("--out", default=None, help="where report.json and confusion.png go")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_understanding)
 
@@ -480,11 +461,14 @@ def _add_evaluate(sub: Any) -> None:
     e = kinds.add_parser("conditioning", help="does the UNet use c? L(θ) with own, shuffled, mean c, empty prompt")
     e.add_argument("--checkpoint", required=True, help="a finished joint run or checkpoint")
     e.add_argument("--data", required=True, help="the dataset it was trained on")
-    e.add_argument("--split", default="val", help="held-out images to probe with (default val)")
-    e.add_argument("--images", type=int, default=128, help="probe images, taken evenly across emotions")
-    e.add_argument("--draws", type=int, default=6, help="fixed noise/timestep draws per image")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu")
+    helps = {
+        "split": "held-out images to probe with",
+        "num_images": "probe images, taken evenly across emotions",
+        "draws": "fixed noise/timestep draws per image",
+        "seed": "seed of the probe",
+        "device": "where the models run",
+    }
+    add_fields(e, ConditioningProbeConfig, helps, flags={"num_images": "--images"})
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_conditioning)
 

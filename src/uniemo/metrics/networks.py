@@ -31,6 +31,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from uniemo.checkpoint import atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
+from uniemo.config import EmoClassifierConfig
 from uniemo.constants import CLIP_MEAN, CLIP_STD
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset
 from uniemo.data.transforms import ClipTransform
@@ -267,23 +268,26 @@ class EmotionFeatureClassifier:
         return cls(head.eval(), list(meta["classes"]), str(meta["clip"]), meta)
 
 
+_EMO = EmoClassifierConfig()
+
+
 def train_emotion_classifier(
     data: str | Path,
     clip: str,
     out_dir: str | Path,
-    data_format: str = "auto",
-    fold: int = 0,
-    epochs: int = 30,
-    hidden: int = 512,
-    lr: float = 1e-3,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    data_format: str = _EMO.data_format,
+    fold: int = _EMO.fold,
+    epochs: int = _EMO.epochs,
+    hidden: int = _EMO.hidden,
+    lr: float = _EMO.lr,
+    seed: int = _EMO.seed,
+    cache_dir: str | Path | None = _EMO.cache_dir,
+    device: str | torch.device = _EMO.device,
 ) -> dict[str, Any]:
     """Trains the Emo-A classifier on the CLIP image embeddings of a dataset's training split.
 
-    Embeddings are cached in ``cache_dir`` (default ``<out_dir>/../feature-cache``), so a second run with other
-    head settings reads no image. Reports val and test accuracy (when those splits exist) and writes the
+    Embeddings are cached in ``cache_dir`` (default ``<out_dir>-feature-cache``, beside ``out_dir``), so a second
+    run with other head settings reads no image. Reports val and test accuracy (when those splits exist) and writes the
     classifier to ``out_dir``.
 
     Returns:

@@ -53,28 +53,39 @@ def tiny_vae(image_size: int = 32, norm_num_groups: int = 8) -> Any:
     )
 
 
+def _tiny_unet(image_size: int, cross_attention_dim: int, **extra: Any) -> Any:
+    """A ``UNet2DConditionModel`` with channels (32, 64), one cross-attention block down and up (random init)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
 def tiny_stable_diffusion_xl(seed: int = 0, image_size: int = 32) -> Any:
     """A ``StableDiffusionXLPipeline`` of the real classes at toy size, randomly initialised (tests): two text
     encoders of different widths (32 and 48, like SDXL's 768 and 1280), pooled embeddings and time ids."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=image_size // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        unet = _tiny_unet(
+            image_size,
             cross_attention_dim=32 + 48,
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=6 * 8 + 48,
-            norm_num_groups=8,
         )
         vae = tiny_vae(image_size)
         text_encoder, text_encoder_2 = _tiny_text_encoder(32), _tiny_text_encoder(48, projection=True)
@@ -114,22 +125,11 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
     UNet2DConditionModel and AutoencoderKL with channels (32, 64) (latents at half the image side), a 2-layer
     CLIPTextModel with CLIP's real tokenizer, and a DDPM scheduler.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=image_size // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
+        unet = _tiny_unet(image_size, cross_attention_dim=32, attention_head_dim=8)
         vae = tiny_vae(image_size)
         text_encoder = _tiny_text_encoder(32)
     scheduler = DDPMScheduler(

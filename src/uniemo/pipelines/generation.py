@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from uniemo.checkpoint import atomic_directory, resolve_checkpoint, save_model
+from uniemo.config import SamplingConfig
 from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
@@ -36,6 +37,7 @@ from uniemo.models.uniemo import UniEmoModel
 from uniemo.runtime import default_device
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SAMPLING = SamplingConfig()  # the defaults of __call__'s sampling settings
 
 
 def default_scheduler(diffusion: str | None) -> str:
@@ -352,14 +354,14 @@ class UniEmoPipeline:
         prompt: str | None = None,
         reference: Image.Image | str | Path | Sequence[Image.Image | str | Path] | None = None,
         num_images: int = 1,
-        steps: int | None = None,
-        guidance: float | None = None,
-        scheduler: str | None = None,
-        seed: int = 0,
-        negative_prompt: str = "",
+        steps: int | None = _SAMPLING.steps,
+        guidance: float | None = _SAMPLING.guidance,
+        scheduler: str | None = _SAMPLING.scheduler,
+        seed: int = _SAMPLING.seed,
+        negative_prompt: str = _SAMPLING.negative_prompt,
         batch_size: int = 8,
         size: int | None = None,
-        diversity: float = 1.0,
+        diversity: float = _SAMPLING.diversity,
     ) -> GenerationOutput:
         """Generates ``num_images`` images: 1. check the inputs, 2. the conditions of the mode, 3. the prompt,
         4. denoise and decode in the diffusion model's pipeline.

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from uniemo.config import ConditioningProbeConfig
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate
 from uniemo.data.transforms import ClipTransform
 
@@ -176,14 +177,17 @@ def _gradient_norms(
     return out
 
 
+_PROBE = ConditioningProbeConfig()
+
+
 def diagnose_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
-    split: str = "val",
-    num_images: int = 128,
-    draws: int = 6,
-    seed: int = 0,
-    device: str = "cpu",
+    split: str = _PROBE.split,
+    num_images: int = _PROBE.num_images,
+    draws: int = _PROBE.draws,
+    seed: int = _PROBE.seed,
+    device: str = _PROBE.device,
 ) -> dict[str, float]:
     """:func:`conditioning_report` for a finished joint checkpoint on ``num_images`` images of a dataset split,
     with the checkpoint's own training prompt and loss weights (its saved ``config.yaml``).
