@@ -53,20 +53,27 @@ def tiny_vae(image_size: int = 32, norm_num_groups: int = 8) -> Any:
     )
 
 
-def _tiny_unet(image_size: int, cross_attention_dim: int, **extra: Any) -> Any:
-    """A ``UNet2DConditionModel`` with channels (32, 64), one cross-attention block down and up (random init)."""
+def tiny_unet(
+    image_size: int,
+    cross_attention_dim: int,
+    channels: tuple[int, int] = (32, 64),
+    norm_num_groups: int = 8,
+    **extra: Any,
+) -> Any:
+    """A ``UNet2DConditionModel`` of two levels, one cross-attention block down and up, for latents at half the image
+    side (random init; the tests' toy models and, wider, the stand-in's UNet)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=image_size // 2,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=channels,
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
-        norm_num_groups=8,
+        norm_num_groups=norm_num_groups,
         **extra,
     )
 
@@ -78,7 +85,7 @@ def tiny_stable_diffusion_xl(seed: int = 0, image_size: int = 32) -> Any:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _tiny_unet(
+        unet = tiny_unet(
             image_size,
             cross_attention_dim=32 + 48,
             attention_head_dim=(2, 4),
@@ -129,7 +136,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32) -> Any:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _tiny_unet(image_size, cross_attention_dim=32, attention_head_dim=8)
+        unet = tiny_unet(image_size, cross_attention_dim=32, attention_head_dim=8)
         vae = tiny_vae(image_size)
         text_encoder = _tiny_text_encoder(32)
     scheduler = DDPMScheduler(

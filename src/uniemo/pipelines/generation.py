@@ -251,7 +251,7 @@ class UniEmoPipeline:
             )
 
     def emotion_conditions(
-        self, weights: Mapping[str, float], num_images: int, seed: int, diversity: float = 1.0
+        self, weights: Mapping[str, float], num_images: int, seed: int, diversity: float = _SAMPLING.diversity
     ) -> torch.Tensor:
         """c for each image (N, Σ d_c): per image, one sample of the emotion space per weighted emotion
         (generator seeded by seed + image index), fused as Σ w_k c_k."""

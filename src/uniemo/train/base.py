@@ -242,22 +242,11 @@ def train_vae(cfg: BaseConfig, images: torch.Tensor) -> tuple[Any, dict]:
 
 
 def stand_in_unet(cfg: BaseConfig) -> Any:
-    from diffusers import UNet2DConditionModel
+    from uniemo.models.diffusion import tiny_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
-        return UNet2DConditionModel(
-            sample_size=cfg.image_size // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(48, 96),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=cfg.text_width,
-            attention_head_dim=8,
-            norm_num_groups=16,
-        )
+        return tiny_unet(cfg.image_size, cfg.text_width, channels=(48, 96), norm_num_groups=16, attention_head_dim=8)
 
 
 def stand_in_scheduler() -> Any:
