@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from uniemo.checkpoint import read_meta, resolve_checkpoint  # noqa: E402
+from uniemo.checkpoint import is_hub_id, read_meta, resolve_checkpoint  # noqa: E402
 from uniemo.data.images import draft_size, load_image  # noqa: E402
 from uniemo.errors import DataError, UniEmoError  # noqa: E402
 from uniemo.pipelines.classifier import JOINT_KIND, KIND, EmotionClassifier  # noqa: E402
@@ -150,15 +150,16 @@ class UniEmoApp:
     name: str
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | None = None) -> UniEmoApp:
-        """Loads a joint checkpoint (both tabs) or a stage-1 checkpoint (Understand only).
+    def load(cls, checkpoint: str | Path, device: str | None = None, revision: str | None = None) -> UniEmoApp:
+        """Loads a joint checkpoint (both tabs) or a stage-1 checkpoint (Understand only): a directory or a hub id
+        (``owner/name`` at ``revision``).
 
         Raises:
             CheckpointError: no uniemo checkpoint there.
         """
-        directory = resolve_checkpoint(checkpoint)
+        name = str(checkpoint) if is_hub_id(checkpoint) else Path(checkpoint).resolve().name
+        directory = resolve_checkpoint(checkpoint, revision)
         kind = read_meta(directory, (KIND, JOINT_KIND))["kind"]
-        name = Path(checkpoint).resolve().name
         device = default_device(device)
         if kind != JOINT_KIND:
             reason = (
@@ -376,14 +377,15 @@ class UniEmoApp:
         )
 
 
-def build_app(checkpoint: str | Path, device: str | None = None) -> gr.Blocks:
-    """Loads ``checkpoint`` once and returns the web app (a queued ``gr.Blocks``; ``launch`` serves it).
+def build_app(checkpoint: str | Path, device: str | None = None, revision: str | None = None) -> gr.Blocks:
+    """Loads ``checkpoint`` (a directory or a hub id at ``revision``) once and returns the web app (a queued
+    ``gr.Blocks``; ``launch`` serves it).
 
     Raises:
         CheckpointError: no uniemo checkpoint there.
     """
     started = time.perf_counter()
-    app = UniEmoApp.load(checkpoint, device)
+    app = UniEmoApp.load(checkpoint, device, revision)
     log.info(
         "loaded %s in %.1f s: Understand%s",
         app.name,
@@ -393,14 +395,21 @@ def build_app(checkpoint: str | Path, device: str | None = None) -> gr.Blocks:
     return app.blocks()
 
 
-def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str | None = None) -> None:
-    """Serves the app until interrupted (``uniemo serve``).
+def serve(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str | None = None,
+    revision: str | None = None,
+) -> None:
+    """Serves the app of ``checkpoint`` (a directory or a hub id at ``revision``) until interrupted
+    (``uniemo serve``).
 
     Raises:
         CheckpointError: no uniemo checkpoint there.
         UniEmoError: the port cannot be bound.
     """
-    demo = build_app(checkpoint, device)
+    demo = build_app(checkpoint, device, revision)
     try:
         demo.launch(
             server_name=host,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +34,11 @@ CONFIG_FILE = "config.yaml"
 #: ``model.json``'s ``kind`` of a stage-1 checkpoint and of a joint (stage-2) one.
 UNDERSTANDING_KIND = "understanding"
 JOINT_KIND = "uniemo"
+#: where a joint checkpoint saved with its diffusion model keeps that model.
+SAVED_DIFFUSION = "diffusion"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: ``owner/name`` as the hub spells repository ids (a path that exists on disk is always taken as a path).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 @contextlib.contextmanager
@@ -88,12 +93,58 @@ def recover_directory(path: str | Path) -> Path:
     return path
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory from a checkpoint path or a run directory (its ``best/``, else ``last/``).
+def is_hub_id(spec: str | Path) -> bool:
+    """Whether ``spec`` names a hub repository (``owner/name``) rather than a path on this machine."""
+    text = str(spec)
+    return not Path(text).expanduser().exists() and bool(_HUB_ID.match(text))
+
+
+def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
+    """The hub repository ``repo_id`` at ``revision`` (a branch, tag or commit; default ``main``) in the hub cache:
+    downloaded there by ``huggingface_hub``, or read from it when ``HF_HUB_OFFLINE=1`` or the hub is unreachable.
 
     Raises:
-        CheckpointError: nothing loadable is there (with what is missing, and pickles named as refused).
+        CheckpointError: the repository or revision does not exist, or it is not cached and cannot be reached.
     """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from uniemo import __version__
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, library_name="uniemo", library_version=__version__))
+    except RevisionNotFoundError:
+        raise CheckpointError(f"the hub repository '{repo_id}' has no revision '{revision}'") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"'{repo_id}' is neither a local directory nor a model repository on the hub (a private one needs "
+            "`hf auth login` first)"
+        ) from None
+    except (LocalEntryNotFoundError, IncompleteSnapshotError):
+        at = f" at revision '{revision}'" if revision else ""
+        raise CheckpointError(
+            f"'{repo_id}' is neither a local directory nor in the hub cache{at}, and the hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1): download it once with network access, or give a checkpoint directory"
+        ) from None
+
+
+def resolve_checkpoint(path: str | Path, revision: str | None = None) -> Path:
+    """A model directory from a checkpoint path, a run directory (its ``best/``, else ``last/``) or a hub id
+    (``owner/name``, at ``revision``: see :func:`download_checkpoint`).
+
+    Raises:
+        CheckpointError: nothing loadable is there (with what is missing, and pickles named as refused), or a
+            ``revision`` given with a local path.
+    """
+    if is_hub_id(path):
+        path = download_checkpoint(str(path), revision)
+    elif revision is not None:
+        raise CheckpointError(f"a revision applies to a hub id (owner/name), not to the local path {path}")
     path = Path(path).expanduser()
     if path.is_file():
         if path.suffix in _PICKLE_SUFFIXES:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from huggingface_hub import constants as hub_constants
 
 from uniemo.checkpoint import resolve_checkpoint, write_atomic
 from uniemo.config import UnderstandingEvalConfig
@@ -61,7 +62,8 @@ def evaluate_understanding(
 ) -> dict[str, Any]:
     """Top-1, per-class and 2-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
-    Writes ``report.json`` and ``confusion.png`` to ``out_dir`` (default: ``eval-<dataset>-<split>`` beside the model).
+    Writes ``report.json`` and ``confusion.png`` to ``out_dir`` (default: ``eval-<dataset>-<split>`` beside the model,
+    or in the working directory for a model from the hub cache).
     """
     clf = EmotionClassifier.from_pretrained(checkpoint)
     dataset = open_dataset(data, data_format, fold)
@@ -74,7 +76,10 @@ def evaluate_understanding(
     if len(labels) == 0:
         raise UniEmoError(f"no readable image in split '{split}' of {dataset.root} ({len(skipped)} skipped)")
     report = classification_report(mapping(probs).argmax(1), labels, list(dataset.classes))
-    out = Path(out_dir) if out_dir else resolve_checkpoint(checkpoint).parent / f"eval-{dataset.root.name}-{split}"
+    beside = resolve_checkpoint(checkpoint).parent
+    if beside.is_relative_to(Path(hub_constants.HF_HUB_CACHE).resolve()):  # never write into the hub cache
+        beside = Path.cwd()
+    out = Path(out_dir) if out_dir else beside / f"eval-{dataset.root.name}-{split}"
     png = save_confusion_matrix(
         report, out / "confusion.png", f"{dataset.root.name} [{split}]: {report.accuracy:.1%} (N={report.num_samples})"
     )

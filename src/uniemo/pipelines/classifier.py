@@ -2,13 +2,14 @@
 
 Example:
     >>> from uniemo import EmotionClassifier
-    >>> clf = EmotionClassifier.from_pretrained("runs/demo/understanding")   # a run dir or a checkpoint dir
+    >>> clf = EmotionClassifier.from_pretrained("runs/demo/understanding")   # a run dir, checkpoint dir or hub id
     >>> pred = clf.predict(["photo.jpg"])[0]
     >>> pred.label, round(pred.probability, 3), pred.sentiment
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from uniemo.checkpoint import JOINT_KIND, UNDERSTANDING_KIND
+from uniemo import hub
+from uniemo.checkpoint import CONFIG_FILE, JOINT_KIND, UNDERSTANDING_KIND, resolve_checkpoint
 from uniemo.constants import positive_mask
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate
 from uniemo.data.images import draft_size, load_image
@@ -66,6 +68,9 @@ class EmotionClassifier:
         classes: class names in index order.
         scene_vocab / object_vocab: the attribute names its queries were aligned to.
         meta: the checkpoint's ``model.json``.
+        config_yaml: the resolved config of the run that trained it (``config.yaml``), when known.
+        card: the ``uniemo`` block of the checkpoint's model card (:func:`uniemo.hub.read_card`: data, training
+            settings, measured figures with their N), when it has one.
     """
 
     model: ExpertQueryCLIP
@@ -73,6 +78,8 @@ class EmotionClassifier:
     scene_vocab: list[str] = field(default_factory=list)
     object_vocab: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    config_yaml: str | None = None
+    card: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -85,21 +92,43 @@ class EmotionClassifier:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> EmotionClassifier:
-        """Loads a checkpoint directory (or a run directory: its ``best/``).
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", revision: str | None = None
+    ) -> EmotionClassifier:
+        """Loads a checkpoint directory, a run directory (its ``best/``) or a hub id (``owner/name`` at
+        ``revision``, through the hub cache: offline when ``HF_HUB_OFFLINE=1``).
 
         Raises:
-            CheckpointError: missing files, another kind or architecture, or pickle weights.
+            CheckpointError: missing files, another kind or architecture, pickle weights, or a hub id that is
+                neither cached nor reachable.
         """
-        model, meta = ExpertQueryCLIP.load(path)
+        directory = resolve_checkpoint(path, revision)
+        model, meta = ExpertQueryCLIP.load(directory)
+        config = directory / CONFIG_FILE
         return cls(
-            model.to(device), list(meta["classes"]), meta.get("scene_vocab", []), meta.get("object_vocab", []), meta
+            model.to(device),
+            list(meta["classes"]),
+            meta.get("scene_vocab", []),
+            meta.get("object_vocab", []),
+            meta,
+            config.read_text() if config.is_file() else None,
+            hub.read_card(directory),
         )
 
     def save_pretrained(self, directory: str | Path, config_yaml: str | None = None) -> None:
-        """Writes a checkpoint directory that :meth:`from_pretrained` reads (atomically: it replaces ``directory``)."""
+        """Writes a checkpoint directory that :meth:`from_pretrained` reads (atomically: it replaces ``directory``)
+        with ``config_yaml`` (default: the run config it was loaded with)."""
         vocabs = {"scene_vocab": list(self.scene_vocab), "object_vocab": list(self.object_vocab)}
+        config_yaml = config_yaml if config_yaml is not None else self.config_yaml
         self.model.save_pretrained(directory, self.classes, config_yaml, **vocabs, extra=self.meta.get("extra") or {})
+
+    def push_to_hub(self, repo_id: str, evaluations: list[str | Path] = (), **kwargs: Any) -> str:
+        """Publishes the model as the hub repository ``repo_id`` with a generated model card (see
+        :func:`uniemo.hub.push_to_hub` for ``evaluations``, ``revision``, ``private`` and ``token``); returns the
+        commit's URL."""
+        with tempfile.TemporaryDirectory(prefix="uniemo-") as tmp:
+            self.save_pretrained(Path(tmp) / "checkpoint")
+            return hub.push_to_hub(Path(tmp) / "checkpoint", repo_id, evaluations=evaluations, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image | str | Path]) -> torch.Tensor:

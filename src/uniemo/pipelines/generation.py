@@ -1,6 +1,6 @@
 """Emotion-conditioned generation from a joint (stage-2) checkpoint: the four modes of METHOD §5.
 
->>> pipe = UniEmoPipeline.from_pretrained("runs/joint")              # doctest: +SKIP
+>>> pipe = UniEmoPipeline.from_pretrained("runs/joint")              # doctest: +SKIP  (or a hub id)
 >>> pipe("awe", num_images=4, seed=0).images                          # one emotion
 >>> pipe("fear", prompt="a bench").images                             # emotion transfer onto content
 >>> pipe({"amusement": 0.5, "awe": 0.5}).images                       # emotion fusion
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from uniemo.checkpoint import atomic_directory, resolve_checkpoint, save_model
+from uniemo import hub
+from uniemo.checkpoint import CONFIG_FILE, SAVED_DIFFUSION, atomic_directory, resolve_checkpoint, save_model
 from uniemo.config import SamplingConfig
 from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.data.images import load_image
@@ -60,7 +62,6 @@ SCHEDULERS: dict[str, str] = {
     "unipc": "UniPCMultistepScheduler",
     "model": "",
 }
-_SAVED_DIFFUSION = "diffusion"  # save_pretrained(include_diffusion=True) puts the pipeline here
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,23 @@ class UniEmoPipeline:
         encoder: the placeholder-aware :class:`PromptEncoder`.
         classes: emotion names in index order.
         meta: the checkpoint's ``model.json``.
+        config_yaml: the resolved config of the run that trained it (``config.yaml``), when known.
+        card: the ``uniemo`` block of the checkpoint's model card (:func:`uniemo.hub.read_card`), when it has one.
     """
 
-    def __init__(self, model: UniEmoModel, diffusion: Any, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: UniEmoModel,
+        diffusion: Any,
+        meta: dict[str, Any],
+        config_yaml: str | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.meta = meta
+        self.config_yaml = config_yaml
+        self.card = card
         self.encoder = PromptEncoder(diffusion, meta.get("placeholder", "<emotion>"))
         self.classes: list[str] = list(meta["classes"])
         self.resolution = int(meta.get("resolution", 512))
@@ -193,8 +205,10 @@ class UniEmoPipeline:
         device: str | torch.device | None = "cpu",
         diffusion: str | None = None,
         dtype: torch.dtype | str | None = torch.float32,
+        revision: str | None = None,
     ) -> UniEmoPipeline:
-        """Loads a joint checkpoint (a run directory or its ``last/``) and the diffusion model it was trained with
+        """Loads a joint checkpoint (a run directory, its ``last/``, or a hub id ``owner/name`` at ``revision``,
+        through the hub cache: offline when ``HF_HUB_OFFLINE=1``) and the diffusion model it was trained with
         (its own copy when saved with ``include_diffusion``, else the stored hub id or path; ``diffusion``
         overrides both). ``device`` None: ``cuda`` when available, else ``cpu``. ``dtype`` is the diffusion
         model's, a ``torch.dtype`` or its name (``float16`` on a GPU halves its memory); None: ``float16`` on a
@@ -208,18 +222,19 @@ class UniEmoPipeline:
             dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         elif isinstance(dtype, str):
             dtype = _DTYPES[dtype]
-        model, meta = UniEmoModel.load(path)
-        directory = resolve_checkpoint(path)
+        directory = resolve_checkpoint(path, revision)
+        model, meta = UniEmoModel.load(directory)
         trained_with = meta.get("diffusion")
         if diffusion is None:
-            saved = directory / _SAVED_DIFFUSION
+            saved = directory / SAVED_DIFFUSION
             diffusion = str(saved) if saved.is_dir() else meta["diffusion"]
         else:
             trained_with = diffusion  # the sampler default follows the model actually used
         pipe = load_stable_diffusion(diffusion, seed=int(meta.get("diffusion_seed", 0)))
         if dtype != torch.float32:
             pipe.to(dtype=dtype)
-        pipeline = cls(model, pipe, meta)
+        config = directory / CONFIG_FILE
+        pipeline = cls(model, pipe, meta, config.read_text() if config.is_file() else None, hub.read_card(directory))
         pipeline.default_scheduler = default_scheduler(trained_with)
         if list(pipeline.encoder.condition_dims) != list(model.config.condition_dims):
             raise CheckpointError(
@@ -238,9 +253,20 @@ class UniEmoPipeline:
         the diffusion pipeline into it (large for real models; otherwise the stored hub id/path is used)."""
         meta = {k: v for k, v in self.meta.items() if k != "format_version"}
         with atomic_directory(directory) as tmp:
-            save_model(tmp, self.model, meta)
+            save_model(tmp, self.model, meta, self.config_yaml)
             if include_diffusion:
-                self.diffusion.save_pretrained(tmp / _SAVED_DIFFUSION)
+                self.diffusion.save_pretrained(tmp / SAVED_DIFFUSION)
+
+    def push_to_hub(
+        self, repo_id: str, evaluations: list[str | Path] = (), include_diffusion: bool = False, **kwargs: Any
+    ) -> str:
+        """Publishes the checkpoint as the hub repository ``repo_id`` with a generated model card (see
+        :func:`uniemo.hub.push_to_hub` for ``evaluations``, ``revision``, ``private`` and ``token``);
+        ``include_diffusion`` uploads the diffusion model too (else the card and ``model.json`` name the one it
+        was trained with). Returns the commit's URL."""
+        with tempfile.TemporaryDirectory(prefix="uniemo-") as tmp:
+            self.save_pretrained(Path(tmp) / "checkpoint", include_diffusion=include_diffusion)
+            return hub.push_to_hub(Path(tmp) / "checkpoint", repo_id, evaluations=evaluations, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
     def _require_space(self) -> None:
