@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-reference lint mutate benchmark speed clean
+.PHONY: demo test test-fast test-package test-reference dist docs lint mutate benchmark speed clean
 
 $(BIN)/uniemo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,25 @@ $(BIN)/uniemo: pyproject.toml
 demo: $(BIN)/uniemo
 	$(BIN)/uniemo demo
 
+# The packaging test (marked package) builds and installs the wheel; it has its own target, test-package.
 test: $(BIN)/uniemo
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not package"
 
 test-fast: $(BIN)/uniemo
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not package"
+
+# The wheel and the sdist built, the wheel installed into a fresh venv outside the tree, `uniemo demo --fast` run there.
+test-package: $(BIN)/uniemo
+	$(BIN)/python -m pytest -q -m package
+
+# dist/: the sdist, and the wheel built from it. --no-isolation builds with the venv's setuptools (the test extra),
+# so nothing is downloaded.
+dist: $(BIN)/uniemo
+	$(BIN)/python -m build --no-isolation --outdir dist
+
+# The documentation (docs/, mkdocs.yml) into site/; any warning fails the build.
+docs: $(BIN)/uniemo
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Reference tests compare our metrics with the original packages (lpips, torch-fidelity), which need torchvision.
 # The one torch/torchvision pair that imports here is torch 2.14.1 + torchvision 0.29.1 (5.5 GB), so they get their
@@ -46,7 +60,7 @@ lint: $(BIN)/uniemo
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Mutation testing of the mechanism functions (tests/mutate.py; README, "Development"): about 16 minutes on 2 CPU
+# Mutation testing of the mechanism functions (tests/mutate.py; docs/development.md): about 16 minutes on 2 CPU
 # cores, not part of `make test`. The survivors are listed in mutants/report.md; `mutmut show NAME` prints one.
 mutate: $(BIN)/uniemo
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install --quiet -e ".[mutate]"
@@ -55,7 +69,7 @@ mutate: $(BIN)/uniemo
 benchmark: $(BIN)/uniemo
 	$(BIN)/python benchmarks/understanding_query_modes.py
 
-# What uniemo adds on top of CLIP and Stable Diffusion, each against its baseline (README, "Speed"); about 30
+# What uniemo adds on top of CLIP and Stable Diffusion, each against its baseline (docs/speed.md); about 30
 # minutes on 2 CPU cores. On a GPU machine: bash benchmarks/gpu_check.sh
 speed: $(BIN)/uniemo
 	$(BIN)/python benchmarks/understanding_throughput.py
@@ -65,4 +79,4 @@ speed: $(BIN)/uniemo
 	$(BIN)/python benchmarks/classify_folder.py --arch clip-vit-base-patch32-arch --workers 0 1
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache mutants
+	rm -rf $(VENV) demo-output .pytest_cache mutants dist site
