@@ -1,6 +1,6 @@
 """The benchmark scripts run (at toy sizes, one repetition) and print what their closing JSON line promises.
 
-Their numbers are measured by running them at full size (README, "Speed"); here only that they cannot rot.
+Their numbers are measured by running them at full size (docs/speed.md); here only that they cannot rot.
 """
 
 import json

@@ -34,7 +34,7 @@ def test_joint_checkpoint_holds_everything_generation_needs(joint_run, trained_r
     rows = [json.loads(line) for line in (joint_run / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "loss/total" in r]
     assert {"loss/diffusion", "loss/understanding", "loss/total"} <= set(losses[-1])
-    assert "loss/cond" not in losses[-1]  # the default: no L_cond (README, "Generation: what was measured")
+    assert "loss/cond" not in losses[-1]  # the default: no L_cond (docs/findings.md)
 
     from uniemo.pipelines.generation import UniEmoPipeline
 

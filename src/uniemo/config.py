@@ -91,7 +91,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """L_U = scene·L_S + object·L_O + ce·L_CE (paper: 0.25 / 0.25 / 0.5)."""
+    """L_U = scene·L_S + object·L_O + ce·L_CE (paper: 0.25 / 0.25 / 0.5).
+
+    Attributes:
+        scene_weight: the weight of L_S, the scene queries' contrastive loss against the scene names.
+        object_weight: the weight of L_O, the object queries' contrastive loss against the object names.
+        ce_weight: the weight of L_CE, the emotion classifier's cross-entropy.
+        label_smoothing: label smoothing of L_CE.
+    """
 
     scene_weight: float = 0.25
     object_weight: float = 0.25
@@ -104,9 +111,13 @@ class OptimConfig:
     """AdamW with cosine decay and linear warm-up (paper §IV-A).
 
     Attributes:
+        lr: the peak learning rate of the expert queries, Interactive Blocks and head.
+        backbone_lr_scale: the pretrained vision tower's lr is ``lr × backbone_lr_scale``.
+        weight_decay: AdamW's decoupled weight decay (none on biases, norms and the queries).
+        betas: AdamW's moment coefficients.
         batch_size: global batch size (split across processes).
         epochs: passes over the training set; ``max_steps`` overrides it when set.
-        backbone_lr_scale: the pretrained vision tower's lr is ``lr × backbone_lr_scale``.
+        max_steps: optimiser steps in all, when set (else ``epochs`` decides).
         warmup_ratio: fraction of the steps spent in linear warm-up.
         grad_accum_steps: gradient accumulation steps per optimiser step.
         max_grad_norm: gradient clipping; 0 disables it.
@@ -172,7 +183,7 @@ class JointConfig:
         alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute) or ``none`` (α = 1, the ablation).
         condition_loss: ``supcon`` (supervised contrastive on c: the paper's L_cond), ``ce`` (an emotion
             classifier on c, the paper's Table V baseline) or ``none`` (the default: measured, any L_cond on c pulls
-            it away from what the UNet reads — README "Generation: what was measured").
+            it away from what the UNet reads — docs/findings.md).
         condition_temperature: τ of the supervised contrastive loss.
         understanding_weight / condition_weight / diffusion_weight: L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ);
             default 0.3 / 0.3 (unused without L_cond) / 1.0; the paper's 0.3 / 0.3 / 0.4 with ``supcon`` is the
@@ -183,7 +194,7 @@ class JointConfig:
         init_from: a finished joint checkpoint to continue from (explicit feedback): its understanding model,
             mappers, priors and diffusion model are used, and ``understanding``, ``diffusion`` and ``prior`` are not.
         gradient_checkpointing: recompute the UNet's and the vision tower's activations in backward (less memory
-            at a larger batch or resolution, more compute; README "Speed" has the measured cost).
+            at a larger batch or resolution, more compute; docs/speed.md has the measured cost).
         feature_cache: where the classifier prior's CLIP image features are kept between runs (keyed by the CLIP
             and the files' names, sizes and times); ``None`` = ``$UNIEMO_CACHE`` or ``~/.cache/uniemo``, ``""`` =
             no cache.

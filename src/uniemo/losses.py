@@ -96,7 +96,7 @@ def condition_loss(
 ) -> torch.Tensor | None:
     """L_cond (METHOD §4) of conditions c (B, Σ d_c) with emotions ``labels`` (B,): ``supcon``
     (:func:`supervised_contrastive` on c), ``ce`` (cross-entropy of the condition head's ``logits`` (B, K)), or
-    ``none`` (None: the default, measured best on the stand-in; README)."""
+    ``none`` (None: the default, measured best on the stand-in; docs/findings.md)."""
     if kind == "supcon":
         return supervised_contrastive(condition, labels, temperature)
     if kind == "ce":

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from uniemo import __version__
 from uniemo.cli.options import add_fields, fields_from
 from uniemo.config import (
     BaseConfig,
@@ -289,7 +290,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if (err.name or "").partition(".")[0] != "gradio":
             raise
         raise UniEmoError("the web app needs gradio, which is not installed: pip install 'uniemo[app]'") from None
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, revision=args.revision)
+    return 0
+
+
+def cmd_push_to_hub(args: argparse.Namespace) -> int:
+    from uniemo.hub import push_to_hub
+
+    url = push_to_hub(
+        args.checkpoint, args.repo_id, evaluations=args.evaluation, revision=args.revision, private=args.private
+    )
+    print(f"published {args.checkpoint} as {args.repo_id}: {url}")
     return 0
 
 
@@ -304,6 +315,11 @@ def cmd_architectures(args: argparse.Namespace) -> int:
 # The parser: one function per command, each option's default taken from the library's config where it has one.
 
 
+def _add_checkpoint(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--checkpoint", required=True, help=help)
+    p.add_argument("--revision", default=None, help="a hub id's branch, tag or commit (default: main)")
+
+
 def _add_synth(sub: Any) -> None:
     from uniemo.data.synth import SynthConfig
 
@@ -311,6 +327,7 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("dir", help="output directory")
     helps = {"train": "training images", "val": "validation images", "test": "test images"}
     helps |= {"resolution": "image side in pixels", "seed": "seed", "label_noise": "fraction of flipped labels"}
+    helps |= {"second_object_prob": "share of images with a second, smaller object", "jpeg_quality": "JPEG quality"}
     add_fields(p, SynthConfig, helps)
     p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     p.set_defaults(func=cmd_synth)
@@ -370,7 +387,7 @@ def _add_train(sub: Any) -> None:
 
 def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate emotion-evoking images from a joint checkpoint")
-    p.add_argument("--checkpoint", required=True, help="joint run or checkpoint directory")
+    _add_checkpoint(p, "a joint run or checkpoint directory, or a hub id (owner/name)")
     p.add_argument(
         "--emotion",
         action="append",
@@ -406,7 +423,7 @@ def _add_generate(sub: Any) -> None:
 
 def _add_classify(sub: Any) -> None:
     p = sub.add_parser("classify", help="predict the emotion of images")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    _add_checkpoint(p, "a checkpoint or run directory, or a hub id (owner/name)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=None, help="emotions to list per image (default 3; all with --json)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
@@ -421,7 +438,7 @@ def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model")
     kinds = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     e = kinds.add_parser("understanding", help="accuracy, per-class and 2-class accuracy, confusion matrix")
-    e.add_argument("--checkpoint", required=True)
+    _add_checkpoint(e, "a checkpoint or run directory, or a hub id (owner/name)")
     e.add_argument("--data", required=True, help="dataset directory (EmoSet, FI, EmotionROI, Twitter, folders)")
     helps = {
         "split": "the split to evaluate",
@@ -459,7 +476,7 @@ def _add_evaluate(sub: Any) -> None:
     e.set_defaults(func=cmd_evaluate_generation)
 
     e = kinds.add_parser("conditioning", help="does the UNet use c? L(θ) with own, shuffled, mean c, empty prompt")
-    e.add_argument("--checkpoint", required=True, help="a finished joint run or checkpoint")
+    _add_checkpoint(e, "a finished joint run or checkpoint, or a hub id (owner/name)")
     e.add_argument("--data", required=True, help="the dataset it was trained on")
     helps = {
         "split": "held-out images to probe with",
@@ -487,13 +504,13 @@ def _add_tools(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("attention", help="where the scene and object queries look in an image (paper Fig. 9)")
-    p.add_argument("--checkpoint", required=True)
+    _add_checkpoint(p, "a checkpoint or run directory, or a hub id (owner/name)")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--out", required=True, help="PNG to write")
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("serve", help="a web app: read the emotion of images, create emotion-evoking images")
-    p.add_argument("--checkpoint", required=True, help="a joint checkpoint (both tabs) or a stage-1 one (Understand)")
+    _add_checkpoint(p, "a joint checkpoint (both tabs) or a stage-1 one (Understand): a directory or a hub id")
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -503,6 +520,21 @@ def _add_tools(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cuda, cpu … (default: cuda when available)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("push-to-hub", help="publish a checkpoint on the Hugging Face hub with a generated model card")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint or run directory (its best/)")
+    p.add_argument("repo_id", metavar="REPO_ID", help="the hub repository, owner/name (created when missing)")
+    p.add_argument(
+        "--evaluation",
+        action="append",
+        default=[],
+        metavar="REPORT",
+        help="report.json of `uniemo evaluate understanding` or `evaluate generation --out`: its figures, with N, "
+        "go in the card (repeatable)",
+    )
+    p.add_argument("--revision", default=None, help="the branch to push to (default: main)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push_to_hub)
+
     p = sub.add_parser("architectures", help="list the built-in (random-init) CLIP architectures")
     p.set_defaults(func=cmd_architectures)
 
@@ -510,10 +542,19 @@ def _add_tools(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uniemo", description="UniEmo: emotion understanding and generation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"uniemo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_synth, _add_train, _add_generate, _add_classify, _add_evaluate, _add_tools):
         add(sub)
     return parser
+
+
+def _fetch_checkpoint(args: argparse.Namespace) -> None:
+    """A hub id's checkpoint, brought into the hub cache (or read from it offline), in place of the id."""
+    from uniemo.checkpoint import is_hub_id, resolve_checkpoint
+
+    if args.revision is not None or is_hub_id(args.checkpoint):
+        args.checkpoint = str(resolve_checkpoint(args.checkpoint, args.revision))
 
 
 def _one_line(err: Exception) -> str:
@@ -532,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         _quiet_loading_bars(args.command)
+        if args.command not in ("push-to-hub", "serve") and getattr(args, "checkpoint", None) is not None:
+            _fetch_checkpoint(args)
         return args.func(args)
     except UniEmoError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)

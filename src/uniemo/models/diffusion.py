@@ -211,7 +211,7 @@ def load_stable_diffusion(spec: str, seed: int = 0) -> Any:
     if name not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
         raise CheckpointError(f"'{spec}' is a {name}; uniemo conditions StableDiffusionPipeline or SDXL only")
     if getattr(pipe, "safety_checker", None) is not None:
-        pipe.safety_checker = None  # generated images are checked by the user's own policy (README)
+        pipe.safety_checker = None  # generated images are checked by the user's own policy
     check_tokenizer(pipe.tokenizer, spec)
     if getattr(pipe, "tokenizer_2", None) is not None:
         check_tokenizer(pipe.tokenizer_2, spec)
