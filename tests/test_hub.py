@@ -223,3 +223,12 @@ def test_the_web_app_loads_a_hub_id(trained_run, synth_dir, hub_cache, tmp_path)
     images = sorted((synth_dir / "image" / "awe").glob("*.jpg"))[:2]
     expected = EmotionClassifier.from_pretrained(trained_run).probabilities(images)
     torch.testing.assert_close(app.classifier.probabilities(images), expected, rtol=0, atol=0)
+
+
+def test_a_card_of_the_stand_in_says_it_is_not_a_real_dataset(trained_run, tmp_path):
+    staged = hub.stage_for_hub(trained_run, tmp_path / "upload", REPO_ID)
+    assert "not how well it does on real photographs" not in (staged / "README.md").read_text()  # micro-clip
+    config = (staged / "config.yaml").read_text().replace("backbone: micro-clip", "backbone: uniemo-standin")
+    (staged / "config.yaml").write_text(config)
+    hub.write_card(staged, REPO_ID)
+    assert "not how well it does on real photographs" in (staged / "README.md").read_text()

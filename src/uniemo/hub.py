@@ -23,6 +23,7 @@ import yaml
 from uniemo import __version__
 from uniemo.checkpoint import CONFIG_FILE, JOINT_KIND, META_FILE, MODEL_FILE, SAVED_DIFFUSION, resolve_checkpoint
 from uniemo.errors import CheckpointError
+from uniemo.models.factory import STANDIN
 
 CARD_FILE = "README.md"
 #: the run config's entries that are paths on the training machine: left out of a card.
@@ -141,6 +142,15 @@ def _body(repo_id: str, block: dict[str, Any]) -> str:
         "",
         f"Classes: {', '.join(block['classes'])}. Trained on `{data['dataset']}` ({data['format']} layout, "
         f"{data['train_images']} training images).",
+        *(
+            [
+                "",
+                "Built on uniemo's tiny stand-in models (`uniemo-standin`), which know only its built-in synthetic "
+                "dataset: its figures show that the mechanism learns, not how well it does on real photographs.",
+            ]
+            if STANDIN in (block.get("diffusion"), (block["training"].get("model") or {}).get("backbone"))
+            else []
+        ),
         "",
         "## Measured",
         "",
