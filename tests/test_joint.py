@@ -230,3 +230,42 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_dir, t
 
     assert all(torch.isfinite(t.float()).all() for t in load_file(str(last / "model.safetensors")).values())
     assert not json.loads((last / "model.json").read_text())["finished"]
+
+
+def test_a_continued_run_starts_from_the_moments_it_finished_with(synth_dir, trained_run, joint_run, tmp_path):
+    """Explicit feedback continues a finished joint run (``joint.init_from``). A fresh AdamW's first step moves
+    every parameter with a gradient by the learning rate itself (m̂/√v̂ = ±1); from the moments the run finished
+    with, the first step is the one that run's own next step would be (docs/findings.md, "Continuing a finished
+    joint run")."""
+    from safetensors.torch import load_file
+
+    from uniemo.checkpoint import load_optimizer_moments
+
+    before = load_file(str(joint_run / "last" / "model.safetensors"))
+    mappers = [k for k in before if k.startswith("mappers.") and before[k].ndim >= 2]
+
+    def first_step(name: str, *extra: str) -> float:
+        """The median |Δθ| / lr of the mappers' weights over one continued step at the full learning rate."""
+        cfg = _config(
+            synth_dir,
+            trained_run,
+            tmp_path / name,
+            f"joint.init_from={joint_run}",
+            "optim.warmup_ratio=0",
+            "joint.diagnostic_images=0",
+            *extra,
+            steps=1,
+        )
+        train_joint(cfg, progress=False)
+        after = load_file(str(tmp_path / name / "last" / "model.safetensors"))
+        moved = torch.cat([(after[k] - before[k]).abs().flatten() for k in mappers])
+        return float(moved.median()) / cfg.joint.mapper_lr
+
+    assert first_step("fresh", "joint.init_optimizer=false") == pytest.approx(1.0, abs=0.02)  # Adam's first step
+    assert first_step("continued") < 0.8
+
+    # the moments come over only onto the same parameters; otherwise the optimiser is left as it was
+    params = [torch.nn.Parameter(torch.zeros(2, 2))]
+    other = torch.optim.AdamW(params)
+    assert not load_optimizer_moments(joint_run / "last", other) and not other.state
+    assert not load_optimizer_moments(trained_run / "best", other)  # no training state there

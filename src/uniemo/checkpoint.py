@@ -274,3 +274,33 @@ def load_training_state(directory: Path, optimizer: torch.optim.Optimizer, sched
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     return state["counters"]
+
+
+def load_optimizer_moments(directory: Path, optimizer: torch.optim.Optimizer) -> bool:
+    """Puts the per-parameter state (AdamW's moments and step counts) that a finished run saved in ``directory``
+    into a new ``optimizer`` over the same parameters, keeping the new optimizer's own hyper-parameters (lr,
+    schedule, weight decay). A run continued from another starts where that one's moments were instead of from
+    zero, where AdamW's first steps move every parameter by about the learning rate whatever its gradient.
+
+    Returns:
+        False, leaving ``optimizer`` as it was, when ``directory`` holds no training state or one over other
+        parameters (another architecture or other parameter groups).
+    """
+    try:
+        tensors = load_file(str(directory / "training_state.safetensors"))
+        rest = json.loads((directory / "training_state.json").read_text())["optimizer"]
+    except (FileNotFoundError, SafetensorError, json.JSONDecodeError, KeyError):
+        return False
+    tensors.pop("__rng_torch__", None)
+    saved = _unflatten_optimizer(tensors, rest)
+    own = optimizer.state_dict()
+    sizes = [len(g["params"]) for g in own["param_groups"]]
+    if sizes != [len(g["params"]) for g in saved["param_groups"]]:
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for pid, state in saved["state"].items():
+        moments = [v for k, v in state.items() if k.startswith("exp_avg") and isinstance(v, torch.Tensor)]
+        if pid >= len(params) or any(m.shape != params[pid].shape for m in moments):
+            return False
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": own["param_groups"]})
+    return True

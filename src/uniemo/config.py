@@ -193,6 +193,8 @@ class JointConfig:
         space_max_images: training images used for the emotion space (taken evenly from every emotion); 0 = all.
         init_from: a finished joint checkpoint to continue from (explicit feedback): its understanding model,
             mappers, priors and diffusion model are used, and ``understanding``, ``diffusion`` and ``prior`` are not.
+        init_optimizer: continue from ``init_from``'s optimiser moments (its ``last/`` training state) instead of
+            a fresh AdamW, whose first steps move every parameter by about the learning rate.
         gradient_checkpointing: recompute the UNet's and the vision tower's activations in backward (less memory
             at a larger batch or resolution, more compute; docs/speed.md has the measured cost).
         feature_cache: where the classifier prior's CLIP image features are kept between runs (keyed by the CLIP
@@ -243,6 +245,7 @@ class JointConfig:
     mapper_lr: float = 1e-3
     space_max_images: int = 0
     init_from: str | None = None
+    init_optimizer: bool = True
     gradient_checkpointing: bool = False
     feature_cache: str | None = None
     extra_train: str | None = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from uniemo.checkpoint import resolve_checkpoint
+from uniemo.checkpoint import load_optimizer_moments, resolve_checkpoint
 from uniemo.config import JointRunConfig
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset, per_class
 from uniemo.data.transforms import ClipTransform
@@ -163,6 +163,20 @@ def _param_groups(model: UniEmoModel, cfg: JointRunConfig) -> list[dict[str, Any
         {"params": decay, "lr": lr, "weight_decay": wd},
         {"params": no_decay, "lr": lr, "weight_decay": 0.0},
     ]
+
+
+def _continue_optimizer(init_from: str, optimizer: torch.optim.Optimizer) -> None:
+    """The optimiser moments of the run ``init_from`` finished with (its ``last/``), or a fresh optimiser when it
+    kept none (e.g. a checkpoint from the hub) or they do not fit."""
+    directory = resolve_checkpoint(init_from)
+    for candidate in (directory, directory.parent / "last"):
+        if (candidate / "training_state.json").is_file():
+            if load_optimizer_moments(candidate, optimizer):
+                logger.info("continuing from the optimiser moments of %s", candidate)
+                return
+            logger.warning("the optimiser state of %s does not fit this run: starting a fresh optimiser", candidate)
+            return
+    logger.info("%s keeps no optimiser state: starting a fresh optimiser", init_from)
 
 
 def _accuracy(model: UniEmoModel, dataset: EmotionImageDataset, classes: list[str], batch_size: int) -> float:
@@ -422,6 +436,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
 
     # ---- optimiser and the engine -------------------------------------------------------------------------------
     optimizer, scheduler = adamw_cosine(_param_groups(model, cfg), cfg.optim, total_steps)
+    if j.init_from and j.init_optimizer and not resume:
+        _continue_optimizer(j.init_from, optimizer)
     if j.gradient_checkpointing:
         start.pipe.unet.enable_gradient_checkpointing()
         model.understanding.gradient_checkpointing = True
