@@ -180,7 +180,8 @@ def _understanding_html(out: Path, evaluation: dict[str, Any]) -> str:
     return (
         '<h2 id="understanding">Understanding: accuracy and confusion matrix</h2>'
         + _table(["class", "accuracy (recall)"], per_class)
-        + _img(Path(evaluation["confusion_png"]), "confusion matrix")
+        # found in the run's own folder, not at the path recorded (relative to wherever the demo was started)
+        + _img(out / "evaluation" / Path(evaluation["confusion_png"]).name, "confusion matrix")
         + '<h2 id="curves">Training curves</h2>'
         + _img(plot_curves(out), "training curves")
     )
