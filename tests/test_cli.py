@@ -248,6 +248,7 @@ def test_demo_fast_end_to_end(tmp_path):
     feedback = json.loads((demo / "feedback" / "report.json").read_text())
     assert set(feedback["variants"]) == {"baseline", "both"}
     assert f"<td>{feedback['variants']['both']['accuracy']:.2%}</td>" in page
+    assert f"{feedback['test_images']} test images for the accuracy" in page and "both against the baseline" in page
     assert len(json.loads((demo / "attention" / "attention.json").read_text())) == 8
     assert "report: demo/report.html" in r.stdout
     stages = [line for line in r.stderr.splitlines() if line.startswith("[")]  # progress: stage, elapsed time

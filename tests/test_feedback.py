@@ -172,3 +172,23 @@ def test_the_baseline_continuation_keeps_what_the_joint_run_learned(synth_dir, j
 
     assert drift("continued") < 0.1
     assert drift("at-the-peak", "optim.lr=5e-4", "joint.mapper_lr=1e-3") > 0.2  # the control: the old setting
+
+
+def test_each_variant_is_compared_with_the_baseline_within_its_interval():
+    from uniemo.train.feedback import difference_lines, feedback_differences
+
+    def row(accuracy, emo_a, n=400):
+        return {"accuracy": accuracy, "generation": {"emo-a": {"value": emo_a, "n": n}}}
+
+    report = {"start": row(0.62, 0.72), "variants": {"baseline": row(0.60, 0.70), "both": row(0.50, 0.68)}}
+    report["test_images"] = 1000
+    (both,) = feedback_differences(report)
+    assert both["variant"] == "both" and both["control"] == "baseline"
+    half = 1.96 * (0.6 * 0.4 / 1000 + 0.5 * 0.5 / 1000) ** 0.5  # 0.0434: two independent proportions
+    assert both["accuracy"]["difference"] == pytest.approx(-0.10)
+    assert both["accuracy"]["interval"] == pytest.approx([-0.10 - half, -0.10 + half]) and both["accuracy"]["resolved"]
+    assert both["emo-a"]["difference"] == pytest.approx(-0.02) and not both["emo-a"]["resolved"]
+    (line,) = difference_lines(report)
+    assert "accuracy -10.0 points [-14.3, -5.7] (resolved)" in line and "not resolvable at N = 400 / 400" in line
+    del report["variants"]["baseline"]  # without a baseline, the start is the control
+    assert feedback_differences(report)[0]["control"] == "start"

@@ -14,6 +14,7 @@ from typing import Any
 
 from uniemo.checkpoint import write_atomic
 from uniemo.plotting import pyplot, save_figure
+from uniemo.train.feedback import difference_lines
 
 #: The page's sections, in order (their HTML ids; the tests check each is there).
 SECTIONS = (
@@ -298,4 +299,9 @@ def _feedback_html(report: dict[str, Any]) -> str:
         f"{report['continued_steps']} more joint steps. The baseline continues as long without generated images. "
         f"Generation metrics on m images per emotion regenerated from each run.</p>"
         + _table(["variant", "kept", "added", "accuracy", "Emo-A", "Sem-C", "Sem-D", "FID (CLIP)"], rows)
+        + f"<p class=note>N: {report['start']['generation']['emo-a']['n']} generated images per row for Emo-A"
+        + (f", {report['test_images']} test images for the accuracy" if report.get("test_images") else "")
+        + ". Differences with their 95 % intervals (unpaired, so conservative for the same test images): "
+        + "; ".join(html.escape(line) for line in difference_lines(report))
+        + ".</p>"
     )

@@ -209,6 +209,14 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def difference_interval(p1: float, n1: int, p2: float, n2: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % (by default) normal-approximation interval of the difference p1 − p2 of two proportions measured on
+    n1 and n2 independent samples (on the same samples, a paired comparison would be narrower: this one is the
+    conservative side)."""
+    half = z * math.sqrt(p1 * (1 - p1) / max(1, n1) + p2 * (1 - p2) / max(1, n2))
+    return (p1 - p2 - half, p1 - p2 + half)
+
+
 def valence(emotion: str) -> int:
     """0 for a positive emotion (the project's sentiment map, :data:`~uniemo.constants.POSITIVE_EMOTIONS`), 1 else."""
     return int(emotion not in POSITIVE_EMOTIONS)

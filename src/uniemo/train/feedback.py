@@ -217,6 +217,7 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
         "delta": f.delta,
         "rho": f.rho,
         "continued_steps": cfg.optim.max_steps,
+        "test_images": len(dataset.split(cfg.data.test_split)),
         "start": {"accuracy": meta.get("accuracy_after"), "generation": suite.evaluate(images, scored["embeds"])},
         "variants": {},
     }
@@ -340,6 +341,57 @@ def _run_variant(
     }
 
 
+def feedback_differences(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each variant's test accuracy and Emo-A against the baseline's (the start's without one): the difference, its
+    95 % interval (unpaired: conservative) and whether the interval decides it (excludes 0)."""
+    from uniemo.metrics.judge import difference_interval
+
+    control_name = BASELINE if BASELINE in report["variants"] else "start"
+    control = report["variants"].get(BASELINE, report["start"])
+    n_test = report.get("test_images")
+    out = []
+    for name, variant in report["variants"].items():
+        if name == control_name:
+            continue
+        row: dict[str, Any] = {"variant": name, "control": control_name}
+        figures = {
+            "accuracy": (variant.get("accuracy"), control.get("accuracy"), n_test, n_test),
+            "emo-a": (
+                variant["generation"].get("emo-a", {}).get("value"),
+                control["generation"].get("emo-a", {}).get("value"),
+                variant["generation"].get("emo-a", {}).get("n"),
+                control["generation"].get("emo-a", {}).get("n"),
+            ),
+        }
+        for figure, (p1, p2, n1, n2) in figures.items():
+            if None in (p1, p2, n1, n2):
+                continue
+            low, high = difference_interval(p1, n1, p2, n2)
+            row[figure] = {
+                "difference": p1 - p2,
+                "interval": [low, high],
+                "n": [n1, n2],
+                "resolved": low > 0 or high < 0,
+            }
+        out.append(row)
+    return out
+
+
+def difference_lines(report: dict[str, Any]) -> list[str]:
+    """:func:`feedback_differences` in words, one line per variant."""
+    lines = []
+    for row in feedback_differences(report):
+        parts = []
+        for figure in ("accuracy", "emo-a"):
+            if figure in row:
+                d = row[figure]
+                low, high = (100 * x for x in d["interval"])
+                verdict = "resolved" if d["resolved"] else "not resolvable at N = " + " / ".join(map(str, d["n"]))
+                parts.append(f"{figure} {100 * d['difference']:+.1f} points [{low:+.1f}, {high:+.1f}] ({verdict})")
+        lines.append(f"{row['variant']} against the {row['control']}: " + "; ".join(parts))
+    return lines
+
+
 def format_feedback_report(report: dict[str, Any]) -> str:
     """The comparison as a Markdown table (paper Table VI's columns)."""
 
@@ -365,6 +417,15 @@ def format_feedback_report(report: dict[str, Any]) -> str:
             f"{cell(gen, 'sem-c', '.4f')} | {cell(gen, 'sem-d', '.4f')} |"
         )
     start = report["start"]["generation"]
-    lines += ["", f"N: {start['num_images']} generated images per row; networks:"]
+    differences = difference_lines(report)
+    if differences:
+        lines += [
+            "",
+            "Differences, with their 95 % intervals (unpaired, so conservative for the same test images):",
+            "",
+        ]
+        lines += [f"- {line}" for line in differences]
+    tested = f"; accuracy on {report['test_images']} test images" if report.get("test_images") else ""
+    lines += ["", f"N: {start['num_images']} generated images per row{tested}; networks:"]
     lines += [f"- {k}: {v}" for k, v in start["networks"].items()]
     return "\n".join(lines) + "\n"
