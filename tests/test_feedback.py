@@ -192,3 +192,29 @@ def test_each_variant_is_compared_with_the_baseline_within_its_interval():
     assert "accuracy -10.0 points [-14.3, -5.7] (resolved)" in line and "not resolvable at N = 400 / 400" in line
     del report["variants"]["baseline"]  # without a baseline, the start is the control
     assert feedback_differences(report)[0]["control"] == "start"
+
+
+def test_a_continued_run_keeps_the_objective_of_the_run_it_continues(synth_dir, trained_run, tmp_path):
+    """Alg. 1 trains the same model on the same objective: a joint run trained with the paper's L_cond and weights
+    is continued with them, whatever the feedback config's joint section says; how it continues (the learning
+    rates, the resolution) comes from the feedback config."""
+    from tests.conftest import joint_overrides
+    from uniemo.config import FeedbackRunConfig, JointRunConfig
+    from uniemo.train.feedback import OBJECTIVE_KEYS, _joint_config
+    from uniemo.train.joint import train_joint
+
+    parent = tmp_path / "paper"
+    paper = ["joint.condition_loss=supcon", "joint.diffusion_weight=0.4", "loss.ce_weight=0.7", "joint.alpha=hard"]
+    overrides = joint_overrides(synth_dir, trained_run, parent, steps=2) + paper
+    train_joint(load_config(REPO / "configs" / "tiny-joint.yaml", overrides, JointRunConfig), progress=False)
+    feedback = load_config(
+        REPO / "configs" / "tiny-feedback.yaml",
+        [f"data.root={synth_dir}", f"feedback.checkpoint={parent}", f"output_dir={tmp_path / 'fb'}"],
+        FeedbackRunConfig,
+    )
+    assert feedback.joint.condition_loss == "none" and feedback.loss.ce_weight == 0.5  # what it would have used
+    continued = _joint_config(feedback, tmp_path / "fb" / "run", None, 32)
+    j = continued.joint
+    assert (j.condition_loss, j.diffusion_weight, j.alpha, continued.loss.ce_weight) == ("supcon", 0.4, "hard", 0.7)
+    assert j.mapper_lr == feedback.joint.mapper_lr and continued.optim.lr == feedback.optim.lr
+    assert j.init_from == str(parent) and "alpha" in OBJECTIVE_KEYS

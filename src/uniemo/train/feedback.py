@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from uniemo.checkpoint import read_meta, resolve_checkpoint, write_atomic
-from uniemo.config import FeedbackRunConfig, JointRunConfig, config_to_dict, save_config
+from uniemo.checkpoint import CONFIG_FILE, read_meta, resolve_checkpoint, write_atomic
+from uniemo.config import FeedbackRunConfig, JointRunConfig, config_to_dict, load_config, save_config
 from uniemo.errors import ConfigError, DataError
 from uniemo.metrics import generation as gm
 from uniemo.pipelines.classifier import JOINT_KIND
@@ -135,9 +135,32 @@ def _generate_all(
     return images
 
 
+#: the settings of L_Joint a continued run takes from the run it continues: Alg. 1 trains the same model on the same
+#: objective, and the feedback config's own ``joint`` section says only how the training continues.
+OBJECTIVE_KEYS = (
+    "template",
+    "alpha",
+    "condition_loss",
+    "condition_temperature",
+    "understanding_weight",
+    "condition_weight",
+    "diffusion_weight",
+    "content_prompt",
+)
+
+
 def _joint_config(cfg: FeedbackRunConfig, run_dir: Path, extra: Path | None, resolution: int) -> JointRunConfig:
-    """The continued joint run of one variant: the feedback config's own joint settings, from the checkpoint."""
+    """The continued joint run of one variant: the objective of the run it continues (its ``config.yaml``: the
+    :data:`OBJECTIVE_KEYS` and the ``loss`` section), the feedback config's own settings for the rest."""
     joint = JointRunConfig(**{k: v for k, v in vars(copy.deepcopy(cfg)).items() if k != "feedback"})
+    trained_with = resolve_checkpoint(cfg.feedback.checkpoint) / CONFIG_FILE
+    if trained_with.is_file():
+        trained = load_config(trained_with, cls=JointRunConfig)
+        for key in OBJECTIVE_KEYS:
+            setattr(joint.joint, key, getattr(trained.joint, key))
+        joint.loss = trained.loss
+    else:
+        logger.warning("%s keeps no run config: the continued runs use the feedback config's objective", trained_with)
     joint.output_dir = str(run_dir)
     joint.joint.init_from = cfg.feedback.checkpoint
     joint.joint.extra_train = str(extra) if extra else None
