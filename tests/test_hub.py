@@ -232,3 +232,10 @@ def test_a_card_of_the_stand_in_says_it_is_not_a_real_dataset(trained_run, tmp_p
     (staged / "config.yaml").write_text(config)
     hub.write_card(staged, REPO_ID)
     assert "not how well it does on real photographs" in (staged / "README.md").read_text()
+
+
+def test_push_to_hub_from_the_shell_offline_is_one_line(trained_run, tmp_path):
+    r = _uniemo("push-to-hub", str(trained_run), "nobody/nothing", cache=tmp_path / "cache", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: could not publish to 'nobody/nothing'")
+    assert len(r.stderr.strip().splitlines()) == 1
