@@ -60,7 +60,7 @@ lint: $(BIN)/uniemo
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Mutation testing of the mechanism functions (tests/mutate.py; docs/development.md): about 16 minutes on 2 CPU
+# Mutation testing of the mechanism functions (tests/mutate.py; docs/development.md): about 16–50 minutes on 2 CPU
 # cores, not part of `make test`. The survivors are listed in mutants/report.md; `mutmut show NAME` prints one.
 mutate: $(BIN)/uniemo
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install --quiet -e ".[mutate]"
