@@ -122,7 +122,7 @@ def _body(repo_id: str, block: dict[str, Any]) -> str:
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        "A [uniemo](https://pypi.org/project/uniemo/) checkpoint: "
+        "A checkpoint of uniemo, an open implementation of UniEmo: "
         + (
             "the joint UniEmo model (expert-query CLIP, mappers and emotion space) that conditions "
             f"`{block.get('diffusion')}` to create images evoking an emotion."
