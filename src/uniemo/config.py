@@ -361,6 +361,11 @@ class BaseConfig:
     high_noise_share: float = 0.0  # this share of each UNet batch draws t from the noisiest 40 % of the timesteps
     text_steps: int = 0  # > 0: SD's text encoder is a copy of the CLIP trained this many steps on hard negatives
     text_lr: float = 3e-4
+    text_cues: str = "object"  # the cues SD's text encoder's hard negatives vary, comma-separated
+    clip_hard_steps: int = 0  # > 0: the CLIP itself (both towers) trained this many more steps on hard negatives
+    clip_hard_lr: float = 3e-4
+    clip_cues: str = "palette,scene,object"  # the cues the CLIP's hard negatives vary, in turn
+    clip_name_share: float = 0.25  # this share of the CLIP's hard-negative texts is the varying cue's name alone
     threads: int = 0
     init: str | None = None  # continue from this stand-in: keep its CLIP, VAE and SD text encoder, train its UNet
 

@@ -97,11 +97,11 @@ def cmd_train_joint(args: argparse.Namespace) -> int:
 
 
 def cmd_train_base(args: argparse.Namespace) -> int:
-    from uniemo.train.base import train_base
+    from uniemo.train.base import train_base, training_seconds
 
     cfg = fields_from(BaseConfig, args)
     info = train_base(args.data, args.out, cfg)
-    minutes = sum(info[k]["seconds"] for k in ("clip", "vae", "unet")) / 60
+    minutes = training_seconds(info) / 60
     print(
         f"stand-in models written to {args.out} (clip/: CLIPModel, sd/: StableDiffusionPipeline) after "
         f"{minutes:.1f} min of training"
@@ -361,6 +361,11 @@ def _add_train(sub: Any) -> None:
         "text_steps": "SD's text encoder: a copy of the CLIP trained this many steps on hard negatives (default 0: "
         "the CLIP's text tower, or the continued stand-in's own encoder)",
         "text_lr": "its peak learning rate",
+        "text_cues": "the cues its hard negatives vary, comma-separated (palette, scene, object)",
+        "clip_hard_steps": "train the CLIP itself (both towers) this many more steps on hard negatives",
+        "clip_hard_lr": "their peak learning rate",
+        "clip_cues": "the cues the CLIP's hard negatives vary, in turn",
+        "clip_name_share": "the share of their texts that is the varying cue's name alone",
         "init": "keep this stand-in's CLIP, VAE and SD text encoder and train its UNet --unet-steps more",
         "threads": "torch threads (default 0: torch's)",
     }

@@ -43,7 +43,7 @@ from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.data.datasets import open_dataset
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
-from uniemo.errors import CheckpointError, DataError
+from uniemo.errors import CheckpointError, ConfigError, DataError
 from uniemo.models.factory import architecture_config, clip_tokenizer, save_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -169,47 +169,102 @@ def train_clip(cfg: BaseConfig, images: torch.Tensor, parts: list[tuple], tokeni
     }
 
 
+CUES = ("palette", "scene", "object")
+
+
+def hard_negative_groups(parts: list[tuple], vary: str) -> dict[tuple, list[int]]:
+    """Image indices grouped by the two cues other than ``vary``: within a group only ``vary`` tells images apart."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (scene, objects, palette) in enumerate(parts):
+        key = {"palette": (scene, objects), "scene": (palette, objects), "object": (palette, scene)}[vary]
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
 def hard_negative_batch(groups: dict[tuple, list[int]], size: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``size / 4`` distinct groups (here: images sharing palette and scene) with up to 4 distinct images
-    each, group after group."""
+    """Indices of ``size / 4`` distinct groups with up to 4 distinct images each, group after group."""
     keys = sorted(groups, key=str)
     chosen = rng.choice(len(keys), size=min(len(keys), max(1, size // 4)), replace=False)
     return np.concatenate([rng.choice(groups[keys[k]], min(4, len(groups[keys[k]])), replace=False) for k in chosen])
 
 
-def train_text_encoder(
-    cfg: BaseConfig, clip: Any, images: torch.Tensor, parts: list[tuple], tokenizer: Any
-) -> tuple[Any, dict]:
-    """SD's text encoder: the text tower of a copy of ``clip`` trained ``cfg.text_steps`` more on hard negatives.
+def train_hard_negatives(
+    model: Any,
+    images: torch.Tensor,
+    parts: list[tuple],
+    tokenizer: Any,
+    *,
+    cues: tuple[str, ...],
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    name_share: float = 0.0,
+    what: str = "hard negatives",
+) -> dict[str, Any]:
+    """Trains the ``CLIPModel`` ``model`` in place on hard negatives: each batch is ``batch / 4`` groups of 4 images
+    that share all cues but one (the cues of ``cues`` in turn, step after step), so only that cue tells them apart;
+    half the texts are full captions, the rest partial ones, except a ``name_share`` of them that is the name of the
+    cue that varies alone ("balloon", as the classifier prior reads names); every text equal to an image's own is
+    its positive.
 
-    Each batch is ``clip_batch / 4`` groups of 4 images that share palette and scene, so only the objects tell
-    them apart; half the texts are full captions, half partial ones; every text equal to an image's own is its
-    positive. The CLIP's own contrastive training lets palette and scene decide (its object words stay close:
-    cosine 0.97 between the end-of-text states of captions that differ only in the object, 0.35 for the scene),
-    so a UNet conditioned on it can hardly be told which object to draw. ``clip`` itself is left as it is."""
-    from transformers import CLIPTextModel
-
-    model = copy.deepcopy(clip).train()
-    groups: dict[tuple, list[int]] = {}
-    for i, (scene, _, palette) in enumerate(parts):
-        groups.setdefault((palette, scene), []).append(i)
-    rng = np.random.default_rng(cfg.seed + 3)
-    opt, sched = _adamw(model.parameters(), cfg.text_lr, cfg.text_steps)
+    Plain contrastive training lets the cues that are easiest to see decide, so a cue that no batch has to tell
+    apart stays blurred in both towers (the stand-in's model card has the figures)."""
+    groups = {cue: hard_negative_groups(parts, cue) for cue in cues}
+    model.train()
+    rng = np.random.default_rng(seed)
+    opt, sched = _adamw(model.parameters(), lr, steps)
     start, loss = time.perf_counter(), torch.tensor(0.0)
-    for step in range(1, cfg.text_steps + 1):
-        idx = hard_negative_batch(groups, cfg.clip_batch, rng)
-        texts = [caption_of(*parts[i]) if rng.random() < 0.5 else _partial_caption(parts[i], rng) for i in idx]
+    for step in range(1, steps + 1):
+        vary = cues[(step - 1) % len(cues)]
+        idx = hard_negative_batch(groups[vary], batch, rng)
+        texts = [_hard_negative_text(parts[i], vary, name_share, rng) for i in idx]
         pixels = images[torch.from_numpy(idx)]
         if rng.random() < 0.5:
             pixels = pixels.flip(-1)
         same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
         loss = _clip_step(model, tokenizer, texts, pixels, same / same.sum(1, keepdim=True))
         _optimise(model, loss, opt, sched)
-        _log("text encoder", step, cfg.text_steps, loss.item(), start)
+        _log(what, step, steps, loss.item(), start)
+    model.eval()
+    seconds = time.perf_counter() - start
+    record = {"steps": steps, "cues": list(cues), "lr": lr, "name_share": name_share}
+    return {**record, "final_loss": round(loss.item(), 4), "seconds": seconds}
+
+
+def _hard_negative_text(part: tuple, vary: str, name_share: float, rng: np.random.Generator) -> str:
+    """An image's text in a hard-negative batch: its full caption, a partial one, or the name of ``vary`` alone."""
+    r = rng.random()
+    if r < 0.5:
+        return caption_of(*part)
+    if r >= 1.0 - name_share:
+        scene, objects, palette = part
+        return {"palette": palette, "scene": scene, "object": objects[0] if objects else None}[vary] or "scene"
+    return _partial_caption(part, rng)
+
+
+def train_text_encoder(
+    cfg: BaseConfig, clip: Any, images: torch.Tensor, parts: list[tuple], tokenizer: Any
+) -> tuple[Any, dict]:
+    """SD's text encoder: the text tower of a copy of ``clip`` trained ``cfg.text_steps`` more on hard negatives
+    (:func:`train_hard_negatives`, the cues of ``cfg.text_cues``). ``clip`` itself is left as it is."""
+    from transformers import CLIPTextModel
+
+    model = copy.deepcopy(clip)
+    info = train_hard_negatives(
+        model, images, parts, tokenizer, cues=_cues(cfg.text_cues), steps=cfg.text_steps, lr=cfg.text_lr,
+        batch=cfg.clip_batch, seed=cfg.seed + 3, what="text encoder",
+    )  # fmt: skip
     text_encoder = CLIPTextModel(model.config.text_config)
     text_encoder.load_state_dict(model.text_model.state_dict())
-    info = {"steps": cfg.text_steps, "final_loss": round(loss.item(), 4), "seconds": time.perf_counter() - start}
     return text_encoder.eval(), info
+
+
+def _cues(spec: str) -> tuple[str, ...]:
+    cues = tuple(c.strip() for c in spec.split(",") if c.strip())
+    if not cues or any(c not in CUES for c in cues):
+        raise ConfigError(f"hard-negative cues {spec!r}: a comma-separated list of {', '.join(CUES)}")
+    return cues
 
 
 def stand_in_vae(cfg: BaseConfig) -> Any:
@@ -344,6 +399,7 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     from uniemo.models.diffusion import sd_pipeline
 
     cfg = cfg or BaseConfig()
+    _cues(cfg.clip_cues), _cues(cfg.text_cues)  # a misspelt cue fails before any training
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root = Path(data)
@@ -354,7 +410,7 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     images = _load_images(paths, cfg.image_size)
     unet_init, earlier = None, {}
     # the CLIP's view of the images, for the CLIP and the hard-negative text encoder (read once, only if needed)
-    clip_images = _clip_images(paths) if not cfg.init or cfg.text_steps else None
+    clip_images = _clip_images(paths) if not cfg.init or cfg.text_steps or cfg.clip_hard_steps else None
     if cfg.init:
         clip, vae, unet_init, earlier = _continuation(Path(cfg.init))
         clip_info, vae_info = earlier["clip"], earlier["vae"]
@@ -369,6 +425,13 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         scaling = float(1.0 / raw.std())
         vae.register_to_config(scaling_factor=scaling)
     latents = raw * scaling
+    if cfg.clip_hard_steps:
+        hard = train_hard_negatives(
+            clip, clip_images, parts, tokenizer, cues=_cues(cfg.clip_cues), steps=cfg.clip_hard_steps,
+            lr=cfg.clip_hard_lr, batch=cfg.clip_batch, seed=cfg.seed + 4, name_share=cfg.clip_name_share,
+            what="clip hard negatives",
+        )  # fmt: skip
+        clip_info = {**clip_info, "hard_negatives": [*clip_info.get("hard_negatives", []), hard]}
 
     text_encoder, text_info = _sd_text_encoder(cfg, clip, clip_images, parts, tokenizer, earlier)
     del clip_images
@@ -380,7 +443,9 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         contexts = torch.cat([text_encoder(input_ids=ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
     caption_index = torch.tensor([lookup[c] for c in captions])
     unet, unet_info = train_unet(cfg, latents, contexts, caption_index, lookup[""], unet_init)
-    if cfg.init:  # the whole history: earlier UNet phases first
+    if cfg.init and not cfg.unet_steps:  # the UNet as it was
+        unet_info = earlier["unet"]
+    elif cfg.init:  # the whole history: earlier UNet phases first
         unet_info = {
             "steps": earlier["unet"]["steps"] + unet_info["steps"],
             "final_loss": unet_info["final_loss"],
@@ -403,6 +468,12 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     }
     _save_standin(Path(out), clip, pipe, info)
     return info
+
+
+def training_seconds(info: dict[str, Any]) -> float:
+    """The training time of every phase a stand-in went through (its ``training.json``)."""
+    clip = info["clip"]["seconds"] + sum(p["seconds"] for p in info["clip"].get("hard_negatives", []))
+    return clip + sum(info[k].get("seconds", 0.0) for k in ("vae", "text_encoder", "unet"))
 
 
 def _continuation(init: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
