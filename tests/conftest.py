@@ -40,6 +40,7 @@ def micro_overrides(data: Path, out: Path, steps: int = 12) -> list[str]:
         "model.num_scene_queries=4",
         "model.num_object_queries=4",
         "optim.batch_size=32",
+        "optim.backbone_lr_scale=0.1",  # the setting tests/fixtures/legacy was written with
         f"optim.max_steps={steps}",
         "eval_every=6",
         "log_every=3",

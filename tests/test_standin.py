@@ -1,13 +1,22 @@
 """The stand-in pretrained models: `uniemo train base` and the shipped copy (the demo's embedded default)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from uniemo.errors import ConfigError
 from uniemo.models.factory import STANDIN, standin_path
-from uniemo.train.base import BaseConfig, caption_of, draw_timesteps, hard_negative_batch, train_base
+from uniemo.train.base import (
+    BaseConfig,
+    caption_of,
+    draw_timesteps,
+    hard_negative_batch,
+    hard_negative_groups,
+    train_base,
+)
 
 
 def test_captions_name_scene_objects_and_palette_never_the_emotion():
@@ -32,19 +41,24 @@ def test_high_noise_share_draws_that_share_from_the_noisiest_timesteps():
     assert share_high(1.0) == 1.0
 
 
-def test_hard_negative_batches_are_groups_that_only_the_objects_tell_apart():
+@pytest.mark.parametrize("vary", ["palette", "scene", "object"])
+def test_hard_negative_batches_are_groups_that_only_one_cue_tells_apart(vary):
     rng = np.random.default_rng(0)
-    parts = [(s, (o,), p) for s in ("beach", "lake") for p in ("sunny", "stormy") for o in ("tent", "car", "boat")] * 3
-    groups = {}
-    for i, (scene, _, palette) in enumerate(parts):
-        groups.setdefault((palette, scene), []).append(i)
-    idx = hard_negative_batch(groups, 16, rng)
+    parts = [
+        (s, (o,), p) for s in ("beach", "lake", "city") for p in ("sunny", "stormy", "pastel") for o in ("tent", "car")
+    ] * 3
+    cue = {"scene": 0, "object": 1, "palette": 2}
+    idx = hard_negative_batch(hard_negative_groups(parts, vary), 16, rng)
     assert len(idx) == 16 and len(set(idx.tolist())) == 16
     quads = [idx[k : k + 4] for k in range(0, 16, 4)]
-    assert len({(parts[q[0]][2], parts[q[0]][0]) for q in quads}) == 4  # four different groups
-    for quad in quads:  # one palette and scene per group, so only the objects differ
-        assert len({(parts[i][2], parts[i][0]) for i in quad}) == 1
-        assert len({parts[i][1] for i in quad}) > 1
+
+    def shared(i):
+        return tuple(parts[i][c] for name, c in cue.items() if name != vary)
+
+    assert len({shared(q[0]) for q in quads}) == 4  # four different groups
+    for quad in quads:  # the other two cues shared within a group, so only ``vary`` differs
+        assert len({shared(i) for i in quad}) == 1
+        assert len({parts[i][cue[vary]] for i in quad}) > 1
 
 
 def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_path):
@@ -89,6 +103,20 @@ def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_p
         assert str(tmp_path) not in (tmp_path / "again" / "sd" / part / "config.json").read_text()
     torch.testing.assert_close(q_weight(tmp_path / "again" / "sd" / "text_encoder"), own)
 
+    # --clip-hard-steps trains the CLIP itself, both towers, and keeps SD's encoder; the record keeps each phase
+    hard = BaseConfig(clip_batch=8, clip_hard_steps=3, clip_hard_lr=1e-2, unet_steps=0, init=str(tmp_path / "again"))
+    info = train_base(synth_dir, tmp_path / "hard", hard)
+    info = train_base(synth_dir, tmp_path / "harder", replace(hard, init=str(tmp_path / "hard")))
+    assert [p["steps"] for p in info["clip"]["hard_negatives"]] == [3, 3] and info["clip"]["steps"] == 2
+    assert info["clip"]["hard_negatives"][0]["cues"] == ["palette", "scene", "object"]
+    hardened = CLIPModel.from_pretrained(tmp_path / "hard" / "clip", dtype=torch.float32)
+    assert (hardened.text_model.encoder.layers[0].self_attn.q_proj.weight - clip_q).abs().max() > 1e-3
+    vision_q = hardened.vision_model.encoder.layers[0].self_attn.q_proj.weight
+    assert (vision_q - clip.vision_model.encoder.layers[0].self_attn.q_proj.weight).abs().max() > 1e-3
+    torch.testing.assert_close(q_weight(tmp_path / "hard" / "sd" / "text_encoder"), own)
+    with pytest.raises(ConfigError, match="hard-negative cues 'object,colour'"):
+        train_base(synth_dir, tmp_path / "bad", replace(hard, clip_cues="object,colour"))
+
 
 def test_the_shipped_stand_in_loads_and_generates():
     from diffusers import StableDiffusionPipeline
@@ -123,9 +151,9 @@ def test_the_shipped_stand_in_loads_and_generates():
 def test_the_shipped_stand_in_draws_the_object_it_is_told():
     """The attribute judge reads the main object of 48 samples of "a {palette} {scene} with a {object}" (every
     object 8 times): SD's own text encoder tells the objects apart, so the named one comes out. The stand-in whose
-    SD text encoder was the CLIP's own text tower (before step 4 of its recipe) showed it in 18 of these 48, the
-    shipped one in 33; with each caption naming the next object instead, 1 of 48 is read as the first (the object
-    follows the words, not the seed)."""
+    SD text encoder was the CLIP's own text tower (before step 4 of its recipe) showed it in 18 of these 48, the one
+    before step 5 in 33, the shipped one in 39; with each caption naming the next object instead, 1 of 48 was read as
+    the first (the object follows the words, not the seed)."""
     from uniemo.data.synth import OBJECTS, PALETTES, SCENES
     from uniemo.metrics.judge import BUILTIN_JUDGE, AttributeJudge
     from uniemo.models.diffusion import load_stable_diffusion
@@ -139,5 +167,45 @@ def test_the_shipped_stand_in_draws_the_object_it_is_told():
     images = pipe(captions, num_inference_steps=25, guidance_scale=3.0, height=32, width=32, generator=generators)
     seen = judge.read(images.images)
     hits = sum(s == obj for s, (_, _, obj) in zip(seen["object"], asked))
-    assert hits / len(asked) >= 0.55, f"the named object in {hits} of {len(asked)} samples"
+    assert hits / len(asked) >= 0.72, f"the named object in {hits} of {len(asked)} samples"
     assert seen["palette"] == [palette for palette, _, _ in asked]
+
+
+def standin_cue_reading(root, n_per_object=8, seed=0):
+    """Zero-shot by the names alone (as the classifier prior reads them) and the names' mean pairwise cosine,
+    per cue, of the stand-in CLIP at ``root`` on freshly drawn 64 px images (every object ``n_per_object`` times)."""
+    import torch.nn.functional as F
+    from transformers import CLIPModel
+
+    from uniemo.data.synth import OBJECTS, PALETTES, SCENES, render
+    from uniemo.data.transforms import ClipTransform
+    from uniemo.models.factory import clip_tokenizer
+
+    rng = np.random.default_rng(seed)
+    truth = [(PALETTES[rng.integers(4)], SCENES[rng.integers(6)], obj) for obj in OBJECTS for _ in range(n_per_object)]
+    clip = CLIPModel.from_pretrained(root / "clip", dtype=torch.float32).eval()
+    transform = ClipTransform(clip.config.vision_config.image_size)
+    pixels = torch.stack([transform(render(s, [o], p, 64, rng)) for p, s, o in truth])
+    tokenizer = clip_tokenizer()
+    reading = {}
+    with torch.no_grad():
+        image = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+        for k, names in enumerate((PALETTES, SCENES, OBJECTS)):
+            tokens = tokenizer(list(names), padding=True, return_tensors="pt")
+            pooled = clip.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
+            text = F.normalize(clip.text_projection(pooled), dim=-1)
+            hits = [names[j] == t[k] for j, t in zip((image @ text.T).argmax(1).tolist(), truth)]
+            off_diagonal = (text @ text.T)[~torch.eye(len(names), dtype=torch.bool)]
+            reading[("palette", "scene", "object")[k]] = (sum(hits) / len(hits), off_diagonal.mean().item())
+    return reading
+
+
+def test_the_shipped_stand_in_clip_tells_every_cue_apart():
+    """Zero-shot by the names alone on 48 freshly drawn images, and the names' mean pairwise cosine, per cue. The
+    stand-in before its CLIP's hard negatives read the object in 9 of 48 (names' cosine 0.87), the shipped one in
+    47 (0.70): α, which reads the names, had nothing to weigh before."""
+    reading = standin_cue_reading(standin_path())
+    floors = {"palette": (0.95, 0.7), "scene": (0.85, 0.7), "object": (0.8, 0.8)}  # shipped: 1.0, 0.96, 0.98
+    for cue, (accuracy, cosine) in reading.items():
+        assert accuracy >= floors[cue][0], f"{cue}: {accuracy:.1%} zero-shot"
+        assert cosine <= floors[cue][1], f"{cue}: names' mean cosine {cosine:.2f}"
