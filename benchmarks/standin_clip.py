@@ -41,14 +41,15 @@ def main() -> int:
     import torch.nn.functional as F
     from transformers import CLIPModel, CLIPTextModel
 
-    from uniemo.config import JointConfig
+    from uniemo.config import JointConfig, ModelConfig
     from uniemo.data.images import load_image
     from uniemo.data.synth import OBJECTS, PALETTES, SCENES, SynthConfig, write_synthetic_dataset
     from uniemo.data.transforms import ClipTransform
     from uniemo.models.alpha import classifier_prior, cooccurrence_prior, train_prior_head
-    from uniemo.models.factory import clip_tokenizer, standin_path
+    from uniemo.models.factory import clip_tokenizer, encode_texts, load_clip_text, standin_path
 
     PRIOR_EPOCHS = JointConfig().prior_epochs
+    template = ModelConfig().attribute_template  # how stage 1 and the prior name an attribute
     from uniemo.train.base import caption_of
 
     data = Path(args.data)
@@ -120,15 +121,10 @@ def main() -> int:
                     sims.append(sim[~torch.eye(len(group), dtype=torch.bool)].mean())
         return float(torch.stack(sims).mean())
 
-    @torch.no_grad()
-    def name_embeddings(clip: CLIPModel, texts: list[str]) -> torch.Tensor:
-        tokens = tokenizer(texts, padding=True, return_tensors="pt")
-        pooled = clip.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
-        return F.normalize(clip.text_projection(pooled), dim=-1)
-
     roots = [Path(p) for p in args.standin] if args.standin else [standin_path()]
     for root in roots:
         clip = CLIPModel.from_pretrained(root / "clip", dtype=torch.float32, use_safetensors=True).eval()
+        text_model = load_clip_text(str(root / "clip"))[0].float().eval()  # the tower α's prior reads names with
         sd_text = CLIPTextModel.from_pretrained(root / "sd" / "text_encoder", dtype=torch.float32).eval()
         pooled_train, embeds_train = features(clip, train_paths)
         head = train_prior_head(embeds_train, emotions, len(classes), epochs=PRIOR_EPOCHS, seed=args.seed)
@@ -139,7 +135,7 @@ def main() -> int:
         )
         print(f"\n{root}\n{header}")
         for cue, cue_names in names.items():
-            text = name_embeddings(clip, list(cue_names))
+            text = encode_texts(text_model, tokenizer, [template.format(n) for n in cue_names])
             zero_shot = float(((embeds_test @ text.T).argmax(1) == y_test[cue]).float().mean())
             sim = text @ text.T
             names_cos = float(sim[~torch.eye(len(cue_names), dtype=torch.bool)].mean())

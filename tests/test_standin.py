@@ -179,24 +179,22 @@ def standin_cue_reading(root, n_per_object=8, seed=0):
 
     from uniemo.data.synth import OBJECTS, PALETTES, SCENES, render
     from uniemo.data.transforms import ClipTransform
-    from uniemo.models.factory import clip_tokenizer
+    from uniemo.models.factory import encode_texts, load_clip_text
 
     rng = np.random.default_rng(seed)
     truth = [(PALETTES[rng.integers(4)], SCENES[rng.integers(6)], obj) for obj in OBJECTS for _ in range(n_per_object)]
     clip = CLIPModel.from_pretrained(root / "clip", dtype=torch.float32).eval()
     transform = ClipTransform(clip.config.vision_config.image_size)
     pixels = torch.stack([transform(render(s, [o], p, 64, rng)) for p, s, o in truth])
-    tokenizer = clip_tokenizer()
+    text_model, tokenizer = load_clip_text(str(root / "clip"))
     reading = {}
     with torch.no_grad():
         image = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output), dim=-1)
-        for k, names in enumerate((PALETTES, SCENES, OBJECTS)):
-            tokens = tokenizer(list(names), padding=True, return_tensors="pt")
-            pooled = clip.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
-            text = F.normalize(clip.text_projection(pooled), dim=-1)
-            hits = [names[j] == t[k] for j, t in zip((image @ text.T).argmax(1).tolist(), truth)]
-            off_diagonal = (text @ text.T)[~torch.eye(len(names), dtype=torch.bool)]
-            reading[("palette", "scene", "object")[k]] = (sum(hits) / len(hits), off_diagonal.mean().item())
+    for k, names in enumerate((PALETTES, SCENES, OBJECTS)):
+        text = encode_texts(text_model.float(), tokenizer, list(names))  # as stage 1 and α's prior read names
+        hits = [names[j] == t[k] for j, t in zip((image @ text.T).argmax(1).tolist(), truth)]
+        off_diagonal = (text @ text.T)[~torch.eye(len(names), dtype=torch.bool)]
+        reading[("palette", "scene", "object")[k]] = (sum(hits) / len(hits), off_diagonal.mean().item())
     return reading
 
 

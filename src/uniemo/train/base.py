@@ -237,9 +237,10 @@ def _hard_negative_text(part: tuple, vary: str, name_share: float, rng: np.rando
     r = rng.random()
     if r < 0.5:
         return caption_of(*part)
-    if r >= 1.0 - name_share:
-        scene, objects, palette = part
-        return {"palette": palette, "scene": scene, "object": objects[0] if objects else None}[vary] or "scene"
+    scene, objects, palette = part
+    name = {"palette": palette, "scene": scene, "object": objects[0] if objects else None}[vary]
+    if name and r >= 1.0 - name_share:
+        return name
     return _partial_caption(part, rng)
 
 
