@@ -64,3 +64,21 @@ def test_gpu_check_runs_its_whole_path_on_a_cpu():
     assert out["stage1"]["images_per_s"] > 0 and out["joint"]["images_per_s"] > 0
     assert [g["images_per_call"] for g in out["generation"]["rows"]] == [1, 2]
     assert out["stage1"]["tflop_per_step"] > 0 and out["joint"]["tflop_per_step"] > 0
+
+
+def test_paper_claims_decide_only_where_the_interval_does():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import paper_claims
+
+    above = paper_claims.verdict("c", "p", "m", 0.80, 0.70, (0.01, 0.19), 1000)
+    below = paper_claims.verdict("c", "p", "m", 0.70, 0.80, (-0.19, -0.01), 1000)
+    across = paper_claims.verdict("c", "p", "m", 0.71, 0.70, (-0.005, 0.025), 1000)
+    assert (above["holds"], below["holds"], across["holds"]) == (True, False, None)
+    assert not above["resolves_2_points"] and across["resolves_2_points"]  # half-widths 9 and 1.5 points
+    # Emo-A pooled over the seeds by counts: 30/100 and 50/300 against 20/100 and 20/300
+    measured = [{"emo_a": 0.3, "n": 100}, {"emo_a": 50 / 300, "n": 300}]
+    control = [{"emo_a": 0.2, "n": 100}, {"emo_a": 20 / 300, "n": 300}]
+    row = paper_claims.emo_a_claim("c", "p", measured, control)
+    assert row["measured"] == pytest.approx(80 / 400) and row["control"] == pytest.approx(40 / 400)
+    assert row["n"] == 400 and row["holds"] is True  # 10 points, the unpaired half-width is 4.6
+    assert row["interval"][0] == pytest.approx(0.1 - 1.96 * (0.2 * 0.8 / 400 + 0.1 * 0.9 / 400) ** 0.5)

@@ -219,6 +219,15 @@ def test_demo_fast_end_to_end(tmp_path):
     joint = json.loads((tmp_path / "demo" / "joint" / "summary.json").read_text())
     assert f"{joint['accuracy_before']:.2%} before, {joint['accuracy_after']:.2%} after" in r.stdout
     demo = tmp_path / "demo"
+    # implicit feedback's control: the same run without L(θ), both read again on the test images, paired by image
+    control = json.loads((demo / "joint-control" / "summary.json").read_text())
+    comparison = json.loads((demo / "joint-control" / "comparison.json").read_text())
+    assert comparison["accuracy"] == joint["accuracy_after"] and comparison["n"] == 400
+    assert comparison["control_accuracy"] == control["accuracy_after"] and control["steps"] == joint["steps"]
+    assert control["losses"]["loss/diffusion"] == 0 and joint["losses"]["loss/diffusion"] > 0
+    from uniemo.demo import implicit_line
+
+    assert "implicit feedback: " + implicit_line(comparison) in r.stdout
     generation = json.loads((demo / "generation" / "metrics.json").read_text())
     assert generation["num_images"] == 32 and f"Emo-A {generation['emo-a']['value']:.2%}" in r.stdout
     for grid in ("emotions.png", "transfer-house.png", "fusion.png", "reference.png", "oracle.png"):
@@ -245,6 +254,7 @@ def test_demo_fast_end_to_end(tmp_path):
     assert f"<b>{generation['emo-a']['value']:.2%}</b>" in first
     assert f"<td>{report['accuracy']:.2%}</td>" in page and f"<td>{joint['accuracy_after']:.2%}</td>" in page
     assert f"<td>{generation['sem-c']['value']:.4f}</td>" in page
+    assert f"<td>{comparison['control_accuracy']:.2%}</td>" in page and "joint − control, paired by image" in page
     feedback = json.loads((demo / "feedback" / "report.json").read_text())
     assert set(feedback["variants"]) == {"baseline", "both"}
     assert f"<td>{feedback['variants']['both']['accuracy']:.2%}</td>" in page
@@ -252,9 +262,9 @@ def test_demo_fast_end_to_end(tmp_path):
     assert len(json.loads((demo / "attention" / "attention.json").read_text())) == 8
     assert "report: demo/report.html" in r.stdout
     stages = [line for line in r.stderr.splitlines() if line.startswith("[")]  # progress: stage, elapsed time
-    assert len(stages) == 8 and all("s elapsed" in line for line in stages), stages
+    assert len(stages) == 9 and all("s elapsed" in line for line in stages), stages
     again = uniemo("demo", "--fast", "--out", demo)  # from another directory: the page finds the stages' files
-    assert again.returncode == 0 and again.stderr.count("reused") == 7, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("reused") == 8, again.stderr[-2000:]
     assert (demo / "report.html").read_text().count("data:image/png;base64,") == 5 + 1 + 1 + 8
 
 

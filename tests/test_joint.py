@@ -87,6 +87,30 @@ def test_gradients_reach_mappers_and_queries_not_the_diffusion_model(trained_run
         assert all(p.grad is None for p in part.parameters())
 
 
+def test_without_l_theta_the_objective_is_l_u_alone_and_never_runs_the_unet(trained_run, synth_dir, tmp_path):
+    # implicit feedback's control (joint.diffusion_weight=0): the understanding loss of the same batch, no UNet pass
+    cfg = _config(synth_dir, trained_run, tmp_path / "run", "joint.diffusion_weight=0")
+    start = joint_module.build_joint_model(cfg)
+    data = joint_module.joint_data(cfg, start)
+    batch = next(iter(torch.utils.data.DataLoader(data.train_set, batch_size=4)))
+
+    def no_unet(*args, **kwargs):
+        raise AssertionError("the UNet ran at w_θ = 0")
+
+    pipe = start.pipe
+    objective = joint_module.JointObjective(start.encoder, pipe.vae, no_unet, pipe.scheduler, cfg.joint, cfg.loss)
+    loss, parts = objective(start.model, start.model, batch, torch.Generator().manual_seed(0))
+    assert parts["loss/diffusion"] == 0 and parts["loss/understanding"] > 0
+    torch.testing.assert_close(loss, cfg.joint.understanding_weight * parts["loss/understanding"])
+    # the run: an understanding model trained on L_U alone, with no emotion space to generate from
+    summary = train_joint(cfg, progress=False)
+    assert summary.losses["loss/diffusion"] == 0 and 0 <= summary.accuracy_after <= 1
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    with pytest.raises(CheckpointError, match="trained without L\\(θ\\): an understanding model, no generator"):
+        UniEmoPipeline.from_pretrained(tmp_path / "run")("awe")
+
+
 @pytest.mark.parametrize("diffusion", ["tiny-sd", "tiny-sdxl"])
 def test_prompt_encoder_matches_the_pipeline_and_pools_at_end_of_text(diffusion):
     from uniemo.models.diffusion import load_stable_diffusion

@@ -38,3 +38,25 @@ def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):
     again = UniEmoModel.from_architecture(normed.architecture())
     assert again.config.condition_norms == (0.5, 2.0)
     assert "condition_norms" not in plain.architecture()  # earlier checkpoints keep their architecture
+
+
+def test_a_class_token_condition_reads_the_class_token_alone(trained_run):
+    from uniemo.models.configs import UniEmoConfig
+    from uniemo.models.uniemo import UniEmoModel
+    from uniemo.pipelines.classifier import EmotionClassifier
+
+    stage1 = EmotionClassifier.from_pretrained(trained_run).model
+    full = UniEmoModel(stage1, UniEmoConfig((8,), mapper_hidden=16))
+    cls_only = UniEmoModel(stage1, UniEmoConfig((8,), mapper_hidden=16, condition_features="class_token"))
+    cls_only.load_state_dict(full.state_dict())
+    d = stage1.vision.config.hidden_size
+    feats = {name: torch.randn(3, d) for name in ("cls", "scene", "object")}
+    other = {**feats, "scene": torch.randn(3, d), "object": torch.randn(3, d)}
+    emotions = torch.tensor([0, 1, 2])
+    # Table V's "Cls" row: c = M_E(cls), whatever the queries hold; the method's c changes with them
+    torch.testing.assert_close(cls_only.condition(feats, emotions), full.mappers.map_cls(feats["cls"]))
+    torch.testing.assert_close(cls_only.condition(other, emotions), cls_only.condition(feats, emotions))
+    assert not torch.allclose(full.condition(other, emotions), full.condition(feats, emotions))
+    again = UniEmoModel.from_architecture(cls_only.architecture())
+    assert again.config.condition_features == "class_token" and not again.uses_queries
+    assert "condition_features" not in full.architecture()  # earlier checkpoints keep their architecture

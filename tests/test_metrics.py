@@ -49,3 +49,36 @@ def test_label_mapping_reorders_by_name_and_sums_valence():
         label_mapping(list(EMOSET_EMOTIONS), ["joy", "anger"])
     with pytest.raises(UniEmoError, match="do not cover"):
         label_mapping(["calm", "tense"], ["negative", "positive"])  # no valence to sum
+
+
+def test_paired_difference_by_the_discordant_pairs():
+    from uniemo.metrics.classification import paired_difference_interval
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(500) < 0.8, rng.random(500) < 0.7
+    diff, (low, high) = paired_difference_interval(a, b)
+    only_a, only_b, n = int((a & ~b).sum()), int((b & ~a).sum()), 500
+    mean = (only_a - only_b) / n
+    variance = ((only_a + only_b) / n - mean**2) * n / (n - 1)  # of the per-image difference in {-1, 0, 1}
+    assert diff == pytest.approx(mean) and diff == pytest.approx(a.mean() - b.mean())
+    assert (high - low) / 2 == pytest.approx(1.96 * (variance / n) ** 0.5)
+    assert paired_difference_interval(a, a) == (0.0, (0.0, 0.0))  # the same model: nothing to tell apart
+    with pytest.raises(ValueError, match="two equal 1-D arrays"):
+        paired_difference_interval(a, b[:-1])
+
+
+def test_two_models_compared_on_the_same_images(trained_run, joint_run, synth_dir):
+    from uniemo.evaluate import compare_understanding, evaluate_understanding, read_predictions
+
+    comparison = compare_understanding(trained_run, joint_run, synth_dir)
+    own = evaluate_understanding(trained_run, synth_dir, split="test", progress=False)
+    other = evaluate_understanding(joint_run, synth_dir, split="test", progress=False)
+    assert comparison["accuracy"] == pytest.approx(own["accuracy"])
+    assert comparison["control_accuracy"] == pytest.approx(other["accuracy"])
+    assert comparison["n"] == own["num_samples"] == len(read_predictions(trained_run / "eval-synth-test"))
+    assert comparison["difference"] == pytest.approx(own["accuracy"] - other["accuracy"])
+    a, b = read_predictions(trained_run / "eval-synth-test"), read_predictions(joint_run / "eval-synth-test")
+    assert comparison["discordant"] == sum((a[i][0] == a[i][1]) != (b[i][0] == b[i][1]) for i in a)
+    same = compare_understanding(trained_run, trained_run, synth_dir)
+    assert same["difference"] == 0 and same["interval"] == [0.0, 0.0] and not same["resolved"]
+    assert same["discordant"] == 0

@@ -184,6 +184,8 @@ class JointConfig:
         condition_loss: ``supcon`` (supervised contrastive on c: the paper's L_cond), ``ce`` (an emotion
             classifier on c, the paper's Table V baseline) or ``none`` (the default: measured, any L_cond on c pulls
             it away from what the UNet reads — docs/findings.md).
+        condition_features: ``all`` (c from the class token and both expert queries, weighted by α: the method) or
+            ``class_token`` (c = M_E(cls) alone: the paper's Table V "Cls" row, the queries' control in generation).
         condition_temperature: τ of the supervised contrastive loss.
         understanding_weight / condition_weight / diffusion_weight: L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ);
             default 0.3 / 0.3 (unused without L_cond) / 1.0; the paper's 0.3 / 0.3 / 0.4 with ``supcon`` is the
@@ -237,6 +239,7 @@ class JointConfig:
     prior_epochs: int = 30
     alpha: Literal["soft", "hard", "none"] = "soft"
     condition_loss: Literal["supcon", "ce", "none"] = "none"
+    condition_features: Literal["all", "class_token"] = "all"
     condition_temperature: float = 0.07
     understanding_weight: float = 0.3
     condition_weight: float = 0.3

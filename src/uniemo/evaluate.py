@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -62,20 +64,22 @@ def evaluate_understanding(
 ) -> dict[str, Any]:
     """Top-1, per-class and 2-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
-    Writes ``report.json`` and ``confusion.png`` to ``out_dir`` (default: ``eval-<dataset>-<split>`` beside the model,
-    or in the working directory for a model from the hub cache).
+    Writes ``report.json``, ``confusion.png`` and ``predictions.csv`` (each image's true and predicted emotion, for
+    reading the errors or pairing two models on the same images: :func:`read_predictions`) to ``out_dir`` (default:
+    ``eval-<dataset>-<split>`` beside the model, or in the working directory for a model from the hub cache).
     """
     clf = EmotionClassifier.from_pretrained(checkpoint)
     dataset = open_dataset(data, data_format, fold)
     samples = dataset.split(split)
     mapping, mode = label_mapping(clf.classes, list(dataset.classes))  # before the pass: refuse early
     eval_set = EmotionImageDataset(samples, clf.transform, on_bad_image="skip")
-    probs, labels, _, skipped = predict_dataset(
+    probs, labels, indices, skipped = predict_dataset(
         clf.model, eval_set, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
     if len(labels) == 0:
         raise UniEmoError(f"no readable image in split '{split}' of {dataset.root} ({len(skipped)} skipped)")
-    report = classification_report(mapping(probs).argmax(1), labels, list(dataset.classes))
+    predicted = mapping(probs).argmax(1)
+    report = classification_report(predicted, labels, list(dataset.classes))
     beside = resolve_checkpoint(checkpoint).parent
     if beside.is_relative_to(Path(hub_constants.HF_HUB_CACHE).resolve()):  # never write into the hub cache
         beside = Path.cwd()
@@ -92,5 +96,44 @@ def evaluate_understanding(
         "skipped": skipped,
         "confusion_png": str(png),
     }
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["image", "true", "predicted"])
+    names = dataset.classes
+    writer.writerows([str(samples[i].path), names[t], names[p]] for i, t, p in zip(indices, labels, predicted))
+    write_atomic(out / "predictions.csv", table.getvalue())
     write_atomic(out / "report.json", json.dumps(result, indent=1))
     return result
+
+
+def read_predictions(path: str | Path) -> dict[str, tuple[str, str]]:
+    """``predictions.csv`` of :func:`evaluate_understanding` (the file or its folder): image → (true, predicted)."""
+    path = Path(path)
+    rows = csv.reader(io.StringIO((path / "predictions.csv" if path.is_dir() else path).read_text()))
+    next(rows)
+    return {image: (true, predicted) for image, true, predicted in rows}
+
+
+def compare_understanding(
+    checkpoint: str | Path, control: str | Path, data: str | Path, split: str = "test", progress: bool = False
+) -> dict[str, Any]:
+    """Two models on the same images: their accuracies, the difference (``checkpoint`` − ``control``) with its 95 %
+    interval paired by image, N, the images only one of them gets right (``discordant``) and whether the interval
+    decides it (excludes 0). Each model's evaluation is written beside it (:func:`evaluate_understanding`'s default
+    ``out_dir``)."""
+    from uniemo.metrics.classification import paired_difference_interval
+
+    reports = [evaluate_understanding(c, data, split=split, progress=progress) for c in (checkpoint, control)]
+    a, b = (read_predictions(Path(r["confusion_png"]).parent) for r in reports)
+    images = sorted(set(a) & set(b))
+    correct = [np.array([p[i][0] == p[i][1] for i in images]) for p in (a, b)]
+    difference, (low, high) = paired_difference_interval(*correct)
+    return {
+        "accuracy": float(correct[0].mean()),
+        "control_accuracy": float(correct[1].mean()),
+        "difference": difference,
+        "interval": [low, high],
+        "n": len(images),
+        "discordant": int((correct[0] != correct[1]).sum()),
+        "resolved": low > 0 or high < 0,
+    }

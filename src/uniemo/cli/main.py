@@ -453,7 +453,7 @@ def _add_evaluate(sub: Any) -> None:
         "num_workers": "image-decoding worker processes",
     }
     add_fields(e, UnderstandingEvalConfig, helps, flags={"data_format": "--format", "num_workers": "--workers"})
-    e.add_argument("--out", default=None, help="where report.json and confusion.png go")
+    e.add_argument("--out", default=None, help="where report.json, confusion.png and predictions.csv go")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_understanding)
 

@@ -1,9 +1,10 @@
 """``uniemo demo``: the pipeline end to end on the built-in dataset, one stage after another, and its report.
 
 Stages: write the built-in dataset; train stage 1 (the tiny config, on the shipped stand-in CLIP); evaluate it on
-the test split; train stage 2 (joint understanding + generation with the shipped stand-in Stable Diffusion);
-generate images of every emotion, an emotion transfer and a fusion, and measure them (Emo-A, Sem-C, Sem-D, FID);
-draw the expert queries' attention; run explicit feedback (Alg. 1) against a baseline; write ``report.html``.
+the test split; train stage 2 (joint understanding + generation with the shipped stand-in Stable Diffusion) and its
+control (the same run without L(θ): does generation feed back into understanding?); generate images of every
+emotion, an emotion transfer and a fusion, and measure them (Emo-A, Sem-C, Sem-D, FID); draw the expert queries'
+attention; run explicit feedback (Alg. 1) against a baseline; write ``report.html``.
 A finished stage is reused when its settings are unchanged (``--force`` redoes everything); the settings of each
 finished stage are kept in ``demo-state.json``.
 """
@@ -121,14 +122,30 @@ def _evaluation(demo: _Demo) -> dict[str, Any]:
     return {"accuracy": evaluate_understanding(run, data, split="test", out_dir=demo.path("evaluation"))["accuracy"]}
 
 
-def _joint(demo: _Demo) -> dict[str, Any]:
+def _train_joint(demo: _Demo, run: str, *extra: str) -> dict[str, Any]:
+    """A joint run from stage 1's model into out/<run>/ (the tiny-joint config, the demo's steps, ``extra``)."""
     from uniemo.config import JointRunConfig, load_config, resolve_config_path
     from uniemo.train.joint import train_joint
 
-    shutil.rmtree(demo.path("joint"), ignore_errors=True)
-    extra = f"joint.understanding={demo.path('understanding')}", f"optim.max_steps={demo.settings['joint_steps']}"
-    cfg = load_config(resolve_config_path("tiny-joint"), demo.overrides("joint", *extra), JointRunConfig)
+    shutil.rmtree(demo.path(run), ignore_errors=True)
+    start = f"joint.understanding={demo.path('understanding')}", f"optim.max_steps={demo.settings['joint_steps']}"
+    cfg = load_config(resolve_config_path("tiny-joint"), demo.overrides(run, *start, *extra), JointRunConfig)
     return dict(train_joint(cfg).__dict__)
+
+
+def _joint(demo: _Demo) -> dict[str, Any]:
+    return _train_joint(demo, "joint")
+
+
+def _implicit_control(demo: _Demo) -> dict[str, Any]:
+    """Implicit feedback's control: the joint run again without L(θ) (L_U alone, the same optimiser, batches, seed
+    and steps), and both models on the test images, paired by image (``joint-control/comparison.json``)."""
+    from uniemo.evaluate import compare_understanding
+
+    _train_joint(demo, "joint-control", "joint.diffusion_weight=0", "joint.diagnostic_images=0")
+    comparison = compare_understanding(demo.path("joint"), demo.path("joint-control"), demo.path("data"))
+    write_atomic(demo.path("joint-control") / "comparison.json", json.dumps(comparison, indent=1))
+    return comparison
 
 
 def _generation(demo: _Demo) -> dict[str, Any]:
@@ -193,6 +210,7 @@ def _stage_settings(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "understanding": understanding,
         "evaluation": understanding,
         "joint": joint,
+        "implicit-control": joint,
         "generation": {**joint, **sampling},
         "attention": joint,
         "feedback": {**joint, **feedback},
@@ -223,6 +241,13 @@ STAGES: tuple[Stage, ...] = (
         "joint/summary.json",
     ),
     Stage(
+        "implicit-control",
+        "implicit feedback's control: the joint run without L(θ), as many steps",
+        "joint-control/comparison.json",
+        _implicit_control,
+        "joint-control/comparison.json",
+    ),
+    Stage(
         "generation",
         "generate every emotion, a transfer, a fusion; Emo-A, Sem-C, Sem-D, FID",
         "generation/metrics.json",
@@ -243,7 +268,8 @@ STAGES: tuple[Stage, ...] = (
 
 def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, Any]:
     """Runs the demo's stages into ``out`` (each reused when finished with the same settings) and returns the
-    results: the understanding model's test evaluation with ``joint``, ``generation``, ``feedback`` and ``report``
+    results: the understanding model's test evaluation with ``joint``, ``implicit_control``, ``generation``,
+    ``feedback`` and ``report``
     (the page's path); :func:`summary_lines` words them."""
     mode = "fast" if fast else "full"
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +291,13 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
             demo.results[name] = json.loads((out / stage.result).read_text())
     r = demo.results
     seconds = time.perf_counter() - demo.stages.start
-    extra = {"joint": r["joint"], "generation": r["generation"], "feedback": r["feedback"], "seconds": seconds}
+    extra = {
+        "joint": r["joint"],
+        "implicit_control": r["implicit-control"],
+        "generation": r["generation"],
+        "feedback": r["feedback"],
+        "seconds": seconds,
+    }
     return {**r["evaluation"], **extra, "report": r["report"]["path"]}
 
 
@@ -279,6 +311,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"joint training: understanding test accuracy {joint['accuracy_before']:.2%} before, "
         f"{joint['accuracy_after']:.2%} after ({joint['steps']} steps, "
         f"{joint['seconds_per_step'] * 1000:.0f} ms/step)",
+        "implicit feedback: " + implicit_line(result["implicit_control"]),
     ]
     judged = generation.get("judge", {})
     if judged:
@@ -300,6 +333,18 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"{both['accuracy']:.2%} with {both['added']} filtered generated images"
         )
     return [*lines, f"report: {result['report']} · total {result['seconds']:.0f} s"]
+
+
+def implicit_line(comparison: dict[str, Any]) -> str:
+    """The implicit-feedback comparison (``joint-control/comparison.json``) in words."""
+    low, high = (100 * x for x in comparison["interval"])
+    verdict = "resolved" if comparison["resolved"] else "not resolvable"
+    return (
+        f"test accuracy {comparison['accuracy']:.2%} after joint training, {comparison['control_accuracy']:.2%} "
+        f"after as many steps of L_U alone (the control: the same optimiser, batches and seed, without L(θ)); "
+        f"{100 * comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}] paired on N={comparison['n']} "
+        f"test images, {comparison['discordant']} of them right by one model only ({verdict})"
+    )
 
 
 def generate_showcase(

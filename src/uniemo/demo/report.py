@@ -1,7 +1,8 @@
 """The demo's ``report.html``: one self-contained page (images inlined) built from the files the stages wrote.
 
 Every number on the page is read from a stage's own output (``evaluation/report.json``, ``joint/summary.json``,
-``generation/metrics.json``, ``feedback/report.json``, the runs' ``metrics.jsonl``), never typed in again.
+``joint-control/comparison.json``, ``generation/metrics.json``, ``feedback/report.json``, the runs'
+``metrics.jsonl``), never typed in again.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def write_report(out: Path, mode: str) -> Path:
     """Writes ``out/report.html`` from the stages' outputs and returns its path."""
     evaluation = json.loads((out / "evaluation" / "report.json").read_text())
     joint = json.loads((out / "joint" / "summary.json").read_text())
+    joint["control"] = json.loads((out / "joint-control" / "comparison.json").read_text())
     generation = json.loads((out / "generation" / "metrics.json").read_text())
     feedback = json.loads((out / "feedback" / "report.json").read_text())
     attention = json.loads((out / "attention" / "attention.json").read_text())
@@ -131,16 +133,25 @@ def write_report(out: Path, mode: str) -> Path:
 
 
 def _summary_html(evaluation: dict[str, Any], joint: dict[str, Any], generation: dict[str, Any]) -> str:
-    emo, n = generation["emo-a"], evaluation["num_samples"]
+    emo, n, control = generation["emo-a"], evaluation["num_samples"], joint["control"]
     rows = [
         ["understanding: test accuracy", _pct(evaluation["accuracy"]), n],
         ["understanding: 2-class accuracy", _pct(evaluation["sentiment_accuracy"]), n],
         ["before joint training (test)", _pct(joint["accuracy_before"]), ""],
         [f"after {joint['steps']} joint steps (test)", _pct(joint["accuracy_after"]), ""],
+        [f"control: {joint['steps']} steps of L_U alone (test)", _pct(control["control_accuracy"]), control["n"]],
+        ["joint − control, paired by image [95 %]", _points(control), control["n"]],
         ["generation: Emo-A (head on CLIP features)", _pct(emo["value"]), emo["n"]],
     ]
     chance = 1 / len(evaluation["classes"])
     return '<h2 id="summary">Summary</h2>' + _headline(generation, chance) + _table(["what", "value", "N"], rows)
+
+
+def _points(comparison: dict[str, Any]) -> str:
+    low, high = (100 * x for x in comparison["interval"])
+    verdict = "resolved" if comparison["resolved"] else "not resolvable at this N"
+    only = f"{comparison['discordant']} images right by one model only"
+    return f"{100 * comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}]; {only} ({verdict})"
 
 
 def _metrics_html(generation: dict[str, Any]) -> str:

@@ -40,6 +40,25 @@ class ClassificationReport:
         return out
 
 
+def paired_difference_interval(
+    correct_a: np.ndarray, correct_b: np.ndarray, z: float = 1.96
+) -> tuple[float, tuple[float, float]]:
+    """The difference of two models' accuracies on the same images, (acc_a − acc_b, its 95 % interval): the normal
+    interval of the mean per-image difference, narrower than the unpaired one because the images both models get
+    right (or wrong) cancel.
+
+    >>> diff, (low, high) = paired_difference_interval(np.array([1, 1, 1, 0]), np.array([1, 0, 1, 0]))
+    >>> diff, round(low, 3), round(high, 3)
+    (0.25, -0.24, 0.74)
+    """
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"two equal 1-D arrays of at least 2 images are needed, got {a.shape} and {b.shape}")
+    d = a - b
+    mean, half = float(d.mean()), z * float(d.std(ddof=1)) / len(d) ** 0.5
+    return mean, (mean - half, mean + half)
+
+
 def classification_report(predictions: np.ndarray, labels: np.ndarray, classes: list[str]) -> ClassificationReport:
     """Computes a :class:`ClassificationReport` from predicted and true class indices (both (N,))."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 QueryMode = Literal["multi_stage", "single_step", "none"]
 AlphaMode = Literal["soft", "hard", "none"]
+ConditionFeatures = Literal["all", "class_token"]
 
 
 def _checked(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
@@ -82,6 +83,8 @@ class UniEmoConfig:
         temperature: τ of π, the attribute distribution (stage 1's τ).
         space_bank: M real (cls, s, o) feature sets kept per emotion for sampling (0: the diagonal Gaussian).
         condition_norms: per text encoder, the norm its part of c is rescaled to; None: c as mapped.
+        condition_features: ``all`` (c from the class token and both expert queries: the method) or ``class_token``
+            (c = M_E(cls) alone: the paper's Table V "Cls" row, the control of the queries' part in generation).
     """
 
     condition_dims: tuple[int, ...]
@@ -91,6 +94,7 @@ class UniEmoConfig:
     temperature: float = 0.07
     space_bank: int = 0
     condition_norms: tuple[float, ...] | None = None
+    condition_features: ConditionFeatures = "all"
 
     def __post_init__(self) -> None:  # lists from JSON → tuples, so that configs compare and hash alike
         object.__setattr__(self, "condition_dims", tuple(int(d) for d in self.condition_dims))
@@ -98,8 +102,8 @@ class UniEmoConfig:
             object.__setattr__(self, "condition_norms", tuple(float(n) for n in self.condition_norms))
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form; ``space_bank`` and ``condition_norms`` only when set, so that checkpoints keep the
-        architecture dict they had before these options existed."""
+        """The stored form; ``space_bank``, ``condition_norms`` and ``condition_features`` only when set, so that
+        checkpoints keep the architecture dict they had before these options existed."""
         out = dataclasses.asdict(self)
         out["condition_dims"] = list(self.condition_dims)
         if not self.space_bank:
@@ -108,6 +112,8 @@ class UniEmoConfig:
             del out["condition_norms"]
         else:
             out["condition_norms"] = list(self.condition_norms)
+        if self.condition_features == "all":
+            del out["condition_features"]
         return out
 
     @classmethod

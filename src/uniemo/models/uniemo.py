@@ -65,6 +65,8 @@ class UniEmoModel(nn.Module):
         super().__init__()
         if config.alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {config.alpha!r}")
+        if config.condition_features not in ("all", "class_token"):
+            raise ValueError(f"condition_features must be 'all' or 'class_token', got {config.condition_features!r}")
         if config.condition_norms is not None and len(config.condition_norms) != len(config.condition_dims):
             raise ValueError(
                 f"one condition norm per text encoder: {len(config.condition_dims)}, got {config.condition_norms}"
@@ -89,7 +91,8 @@ class UniEmoModel(nn.Module):
 
     @property
     def uses_queries(self) -> bool:
-        return self.understanding.query_mode != "none"
+        """Whether c reads the expert queries (a model with queries and ``condition_features="all"``)."""
+        return self.understanding.query_mode != "none" and self.config.condition_features == "all"
 
     def generation_parameters(self) -> list[nn.Parameter]:
         """The mappers (and the condition head): the parameters only joint training creates."""

@@ -271,6 +271,8 @@ class UniEmoPipeline:
     # ----------------------------------------------------------------------------------------------------------
     def _require_space(self) -> None:
         if not self.model.has_emotion_space():
+            if self.meta.get("finished"):  # a run without L(θ) (joint.diffusion_weight=0) trained no mapper
+                raise CheckpointError("this checkpoint was trained without L(θ): an understanding model, no generator")
             raise CheckpointError(
                 "this checkpoint has no emotion space: joint training did not finish (finish it with --resume); "
                 "a reference image still works"

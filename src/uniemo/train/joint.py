@@ -233,7 +233,16 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
     norms = None
     if j.condition_norm == "token":
         norms = [float(token_norms(injector).mean()) for injector in encoder.injectors]
-    arch = UniEmoConfig(encoder.condition_dims, j.mapper_hidden, j.alpha, own_head, temperature, j.space_bank, norms)
+    arch = UniEmoConfig(
+        encoder.condition_dims,
+        mapper_hidden=j.mapper_hidden,
+        alpha=j.alpha,
+        condition_head=own_head,
+        temperature=temperature,
+        space_bank=j.space_bank,
+        condition_norms=norms,
+        condition_features=j.condition_features,
+    )
     model = UniEmoModel(stage1.model, arch)
     return JointStart(
         model, pipe, encoder, stage1.classes, stage1.scene_vocab, stage1.object_vocab, stage1.meta.get("extra", {})
@@ -420,7 +429,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     }
     require(required)
     check_joint_config(cfg)
-    # without queries (query_mode none) M_S and M_O receive no gradient
+    # M_S and M_O receive no gradient without queries (or with c from the class token alone), no mapper at w_θ = 0
     run = open_run(cfg, resume, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
     # ---- models and data --------------------------------------------------------------------------------------
@@ -522,22 +531,26 @@ class JointEvaluation:
 
 def build_emotion_space(trainer: Trainer, evaluate: JointEvaluation, data: JointData, batch: int) -> float:
     """The final diagnostic, the emotion space from ``data.space_set``'s features, and the test accuracy after.
+    A run without L(θ) (``joint.diffusion_weight=0``, implicit feedback's control) trained no mapper, so it has
+    nothing to generate with and builds no emotion space.
 
     Raises:
         DataError: the space cannot be built (an emotion without images); the weights are saved first.
     """
     model, cfg = trainer.unwrapped, trainer.cfg
+    classes = list(trainer.meta["classes"])
     if evaluate.diagnosis.get("step") != trainer.state.step:
         evaluate.diagnose(trainer.state.step)
-    feats = dataset_features(model, data.space_set, batch)
-    classes = list(trainer.meta["classes"])
-    try:
-        bank = model.config.space_bank
-        model.set_emotion_space(emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed))
-    except ValueError as err:
-        trainer.save_last()
-        where = trainer.run.last_dir
-        raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {where})") from None
+    if cfg.joint.diffusion_weight != 0:
+        feats = dataset_features(model, data.space_set, batch)
+        try:
+            bank = model.config.space_bank
+            space = emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed)
+            model.set_emotion_space(space)
+        except ValueError as err:
+            trainer.save_last()
+            where = trainer.run.last_dir
+            raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {where})") from None
     accuracy = _accuracy(model, data.test_set, classes, batch)
     before = trainer.state.values["accuracy_before"]
     logger.info("test accuracy %.2f%% before joint training, %.2f%% after", 100 * before, 100 * accuracy)
@@ -593,9 +606,12 @@ class JointObjective:
         vocab = {"scene": base.understanding.scene_vocab_embeds, "object": base.understanding.object_vocab_embeds}
         loss_u, parts = understanding_loss(out, batch, vocab, self.weights, model_temperature(base))
         loss_cond = self.condition_term(base, condition, labels)
-        latents = self.latents(batch["diffusion_pixels"], gen)
-        contents = self.contents(batch, gen) if j.content_prompt > 0 else None
-        loss_theta = self.diffusion_term(latents, self.context(condition, len(labels), contents), gen)
+        if j.diffusion_weight == 0:  # L_U (and L_cond) alone: the implicit-feedback control, without the UNet's cost
+            loss_theta = loss_u.new_zeros(())
+        else:
+            latents = self.latents(batch["diffusion_pixels"], gen)
+            contents = self.contents(batch, gen) if j.content_prompt > 0 else None
+            loss_theta = self.diffusion_term(latents, self.context(condition, len(labels), contents), gen)
         loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
         if loss_cond is not None:
             loss = loss + j.condition_weight * loss_cond
