@@ -39,7 +39,7 @@ def main() -> int:
     model, classes = pipe.model, pipe.classes
     sign = positive_mask(classes)
     if sign is None:
-        raise SystemExit("the run's classes are not EmoSet's eight emotions: no valence to compare against")
+        raise SystemExit("the run's classes have no valence (EmoSet's emotion names): nothing to compare against")
     samples = open_dataset(args.data).split(args.split)[: args.limit]
     k = len(classes)
     sums = {which: torch.zeros(2) for which in ("true", "same valence", "other valence")}
@@ -54,7 +54,8 @@ def main() -> int:
                 for i, sample in enumerate(batch):
                     truth = sample.label
                     which = "true" if e == truth else "same valence" if sign[e] == sign[truth] else "other valence"
-                    count = 1 if which == "true" else 3 if which == "same valence" else 4
+                    same = sum(sign[j] == sign[truth] for j in range(k))  # the true emotion included
+                    count = 1 if which == "true" else same - 1 if which == "same valence" else k - same
                     sums[which] += torch.stack([a_s[i], a_o[i]]) / count
     n = len(samples)
     rows = {which: (v / n).tolist() for which, v in sums.items()}

@@ -262,26 +262,17 @@ def gradient_share(bench: Bench, seed: int, batches: int = 4) -> dict[str, Any]:
 # ---- comparisons ----------------------------------------------------------------------------------------------
 def accuracy_claim(bench: Bench, claim: str, paper: str, pairs: list[tuple[Path, Path]]) -> dict[str, Any]:
     """Test accuracy of the method's models against their controls (one pair per seed), paired by image."""
-    import numpy as np
+    from uniemo.evaluate import evaluate_understanding, paired_comparison, read_predictions
 
-    from uniemo.evaluate import evaluate_understanding, read_predictions
-    from uniemo.metrics.classification import paired_difference_interval
+    def predictions(run: Path) -> dict:
+        folder = run / "eval-test"
+        if not (folder / "predictions.csv").is_file():
+            evaluate_understanding(run, bench.data, split="test", out_dir=folder, progress=False)
+        return read_predictions(folder)
 
-    correct: list[list[np.ndarray]] = [[], []]
-    for pair in pairs:
-        predictions = []
-        for run in pair:
-            folder = run / "eval-test"
-            if not (folder / "predictions.csv").is_file():
-                evaluate_understanding(run, bench.data, split="test", out_dir=folder, progress=False)
-            predictions.append(read_predictions(folder))
-        images = sorted(predictions[0])
-        for side, p in enumerate(predictions):
-            correct[side].append(np.array([p[i][0] == p[i][1] for i in images]))
-    a, b = np.concatenate(correct[0]), np.concatenate(correct[1])
-    _, interval = paired_difference_interval(a, b)
-    row = verdict(claim, paper, "test accuracy", float(a.mean()), float(b.mean()), interval, len(a))
-    return {**row, "discordant": int((a != b).sum())}  # images only one of the two models gets right
+    c = paired_comparison([(predictions(a), predictions(b)) for a, b in pairs])
+    row = verdict(claim, paper, "test accuracy", c["accuracy"], c["control_accuracy"], c["interval"], c["n"])
+    return {**row, "discordant": c["discordant"]}  # images only one of the two models gets right
 
 
 def emo_a_claim(claim: str, paper: str, measured: list[dict], control: list[dict]) -> dict[str, Any]:

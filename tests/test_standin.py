@@ -2,10 +2,12 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from uniemo.errors import ConfigError
 from uniemo.models.factory import STANDIN, standin_path
@@ -109,6 +111,11 @@ def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_p
     info = train_base(synth_dir, tmp_path / "harder", replace(hard, init=str(tmp_path / "hard")))
     assert [p["steps"] for p in info["clip"]["hard_negatives"]] == [3, 3] and info["clip"]["steps"] == 2
     assert info["clip"]["hard_negatives"][0]["cues"] == ["palette", "scene", "object"]
+    again = json.loads((tmp_path / "again" / "training.json").read_text())["unet"]
+    assert info["unet"] == again  # no UNet step: the UNet and its record as they were
+    weights = Path("sd") / "unet" / "diffusion_pytorch_model.safetensors"
+    before, after = (load_file(tmp_path / run / weights) for run in ("again", "harder"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     hardened = CLIPModel.from_pretrained(tmp_path / "hard" / "clip", dtype=torch.float32)
     assert (hardened.text_model.encoder.layers[0].self_attn.q_proj.weight - clip_q).abs().max() > 1e-3
     vision_q = hardened.vision_model.encoder.layers[0].self_attn.q_proj.weight
@@ -116,6 +123,20 @@ def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_p
     torch.testing.assert_close(q_weight(tmp_path / "hard" / "sd" / "text_encoder"), own)
     with pytest.raises(ConfigError, match="hard-negative cues 'object,colour'"):
         train_base(synth_dir, tmp_path / "bad", replace(hard, clip_cues="object,colour"))
+    with pytest.raises(ConfigError, match="--clip-name-share must lie in"):
+        train_base(synth_dir, tmp_path / "bad", replace(hard, clip_name_share=0.6))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5])
+def test_hard_negative_texts_are_half_full_captions_and_the_name_share_names(share):
+    from uniemo.train.base import _hard_negative_text
+
+    rng, part = np.random.default_rng(0), ("beach", ("tent",), "stormy")
+    texts = [_hard_negative_text(part, "object", share, rng) for _ in range(4000)]
+    # full captions: half the texts, and the partial ones that happened to keep all three cues (0.75³ of them)
+    full = 0.5 + (0.5 - share) * 0.75**3
+    assert texts.count(caption_of(*part)) / 4000 == pytest.approx(full, abs=0.03)
+    assert texts.count("tent") / 4000 == pytest.approx(share, abs=0.03)
 
 
 def test_the_shipped_stand_in_loads_and_generates():

@@ -368,7 +368,7 @@ class BaseConfig:
     clip_hard_steps: int = 0  # > 0: the CLIP itself (both towers) trained this many more steps on hard negatives
     clip_hard_lr: float = 3e-4
     clip_cues: str = "palette,scene,object"  # the cues the CLIP's hard negatives vary, in turn
-    clip_name_share: float = 0.25  # this share of the CLIP's hard-negative texts is the varying cue's name alone
+    clip_name_share: float = 0.25  # this share (≤ 0.5) of the CLIP's hard-negative texts is the varying cue's name
     threads: int = 0
     init: str | None = None  # continue from this stand-in: keep its CLIP, VAE and SD text encoder, train its UNet
 

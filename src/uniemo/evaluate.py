@@ -114,26 +114,45 @@ def read_predictions(path: str | Path) -> dict[str, tuple[str, str]]:
     return {image: (true, predicted) for image, true, predicted in rows}
 
 
+def paired_comparison(pairs: list[tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]]) -> dict[str, Any]:
+    """Models against their controls on the same images: ``pairs`` of :func:`read_predictions` results (one pair per
+    seed, pooled), matched by image → both accuracies, the difference with its 95 % interval paired by image, N, the
+    images only one side gets right (``discordant``) and whether the interval decides it (excludes 0)."""
+    from uniemo.metrics.classification import paired_difference_interval
+
+    correct: tuple[list, list] = ([], [])
+    for a, b in pairs:
+        images = sorted(set(a) & set(b))
+        for side, predictions in zip(correct, (a, b)):
+            side.append(np.array([predictions[i][0] == predictions[i][1] for i in images], dtype=bool))
+    ours, control = np.concatenate(correct[0]), np.concatenate(correct[1])
+    difference, (low, high) = paired_difference_interval(ours, control)
+    return {
+        "accuracy": float(ours.mean()),
+        "control_accuracy": float(control.mean()),
+        "difference": difference,
+        "interval": [low, high],
+        "n": len(ours),
+        "discordant": int((ours != control).sum()),
+        "resolved": low > 0 or high < 0,
+    }
+
+
+def comparison_words(comparison: dict[str, Any]) -> str:
+    """:func:`paired_comparison`'s difference in words: points, interval, how many images differ, the verdict."""
+    low, high = (100 * x for x in comparison["interval"])
+    verdict = "resolved" if comparison["resolved"] else "not resolvable at this N"
+    return (
+        f"{100 * comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}] paired on N={comparison['n']} "
+        f"test images, {comparison['discordant']} of them right by one model only ({verdict})"
+    )
+
+
 def compare_understanding(
     checkpoint: str | Path, control: str | Path, data: str | Path, split: str = "test", progress: bool = False
 ) -> dict[str, Any]:
-    """Two models on the same images: their accuracies, the difference (``checkpoint`` − ``control``) with its 95 %
-    interval paired by image, N, the images only one of them gets right (``discordant``) and whether the interval
-    decides it (excludes 0). Each model's evaluation is written beside it (:func:`evaluate_understanding`'s default
-    ``out_dir``)."""
-    from uniemo.metrics.classification import paired_difference_interval
-
+    """Two models on the same images (:func:`paired_comparison`); each model's evaluation is written beside it
+    (:func:`evaluate_understanding`'s default ``out_dir``)."""
     reports = [evaluate_understanding(c, data, split=split, progress=progress) for c in (checkpoint, control)]
     a, b = (read_predictions(Path(r["confusion_png"]).parent) for r in reports)
-    images = sorted(set(a) & set(b))
-    correct = [np.array([p[i][0] == p[i][1] for i in images]) for p in (a, b)]
-    difference, (low, high) = paired_difference_interval(*correct)
-    return {
-        "accuracy": float(correct[0].mean()),
-        "control_accuracy": float(correct[1].mean()),
-        "difference": difference,
-        "interval": [low, high],
-        "n": len(images),
-        "discordant": int((correct[0] != correct[1]).sum()),
-        "resolved": low > 0 or high < 0,
-    }
+    return paired_comparison([(a, b)])

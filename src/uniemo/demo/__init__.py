@@ -337,13 +337,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 def implicit_line(comparison: dict[str, Any]) -> str:
     """The implicit-feedback comparison (``joint-control/comparison.json``) in words."""
-    low, high = (100 * x for x in comparison["interval"])
-    verdict = "resolved" if comparison["resolved"] else "not resolvable"
+    from uniemo.evaluate import comparison_words
+
     return (
         f"test accuracy {comparison['accuracy']:.2%} after joint training, {comparison['control_accuracy']:.2%} "
         f"after as many steps of L_U alone (the control: the same optimiser, batches and seed, without L(θ)); "
-        f"{100 * comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}] paired on N={comparison['n']} "
-        f"test images, {comparison['discordant']} of them right by one model only ({verdict})"
+        + comparison_words(comparison)
     )
 
 

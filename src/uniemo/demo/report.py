@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from uniemo.checkpoint import write_atomic
+from uniemo.evaluate import comparison_words
 from uniemo.plotting import pyplot, save_figure
 from uniemo.train.feedback import difference_lines
 
@@ -140,18 +141,11 @@ def _summary_html(evaluation: dict[str, Any], joint: dict[str, Any], generation:
         ["before joint training (test)", _pct(joint["accuracy_before"]), ""],
         [f"after {joint['steps']} joint steps (test)", _pct(joint["accuracy_after"]), ""],
         [f"control: {joint['steps']} steps of L_U alone (test)", _pct(control["control_accuracy"]), control["n"]],
-        ["joint − control, paired by image [95 %]", _points(control), control["n"]],
+        ["joint − control, paired by image [95 %]", comparison_words(control), control["n"]],
         ["generation: Emo-A (head on CLIP features)", _pct(emo["value"]), emo["n"]],
     ]
     chance = 1 / len(evaluation["classes"])
     return '<h2 id="summary">Summary</h2>' + _headline(generation, chance) + _table(["what", "value", "N"], rows)
-
-
-def _points(comparison: dict[str, Any]) -> str:
-    low, high = (100 * x for x in comparison["interval"])
-    verdict = "resolved" if comparison["resolved"] else "not resolvable at this N"
-    only = f"{comparison['discordant']} images right by one model only"
-    return f"{100 * comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}]; {only} ({verdict})"
 
 
 def _metrics_html(generation: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch import nn
 from uniemo.checkpoint import JOINT_KIND, atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
 from uniemo.errors import CheckpointError
 from uniemo.models.alpha import attribute_distribution, correlation_coefficient
-from uniemo.models.configs import UniEmoConfig
+from uniemo.models.configs import ConditionFeatures, UniEmoConfig
 from uniemo.models.emotion_space import sample_emotion_space
 from uniemo.models.mappers import ConditionMappers
 from uniemo.models.understanding import ExpertQueryCLIP
@@ -65,7 +65,7 @@ class UniEmoModel(nn.Module):
         super().__init__()
         if config.alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {config.alpha!r}")
-        if config.condition_features not in ("all", "class_token"):
+        if config.condition_features not in get_args(ConditionFeatures):
             raise ValueError(f"condition_features must be 'all' or 'class_token', got {config.condition_features!r}")
         if config.condition_norms is not None and len(config.condition_norms) != len(config.condition_dims):
             raise ValueError(

@@ -401,6 +401,8 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
 
     cfg = cfg or BaseConfig()
     _cues(cfg.clip_cues), _cues(cfg.text_cues)  # a misspelt cue fails before any training
+    if not 0 <= cfg.clip_name_share <= 0.5:  # names replace partial captions, which are half the texts
+        raise ConfigError(f"--clip-name-share must lie in [0, 0.5], got {cfg.clip_name_share}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root = Path(data)
@@ -416,8 +418,10 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
         clip, vae, unet_init, earlier = _continuation(Path(cfg.init))
         clip_info, vae_info = earlier["clip"], earlier["vae"]
         scaling = float(vae.config.scaling_factor)
-        with torch.no_grad():
-            raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+        raw = None
+        if cfg.unet_steps:
+            with torch.no_grad():
+                raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
     else:
         clip, clip_info = train_clip(cfg, clip_images, parts, tokenizer)
         vae, vae_info = train_vae(cfg, images)
@@ -425,7 +429,6 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
             raw = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
         scaling = float(1.0 / raw.std())
         vae.register_to_config(scaling_factor=scaling)
-    latents = raw * scaling
     if cfg.clip_hard_steps:
         hard = train_hard_negatives(
             clip, clip_images, parts, tokenizer, cues=_cues(cfg.clip_cues), steps=cfg.clip_hard_steps,
@@ -438,15 +441,16 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     del clip_images
     text_encoder.eval().requires_grad_(False)
     unique = sorted(set(captions)) + [""]
-    lookup = {c: i for i, c in enumerate(unique)}
-    with torch.no_grad():
-        ids = tokenizer(unique, padding="max_length", max_length=77, return_tensors="pt").input_ids
-        contexts = torch.cat([text_encoder(input_ids=ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
-    caption_index = torch.tensor([lookup[c] for c in captions])
-    unet, unet_info = train_unet(cfg, latents, contexts, caption_index, lookup[""], unet_init)
-    if cfg.init and not cfg.unet_steps:  # the UNet as it was
-        unet_info = earlier["unet"]
-    elif cfg.init:  # the whole history: earlier UNet phases first
+    if raw is None:  # a continuation without UNet steps: the UNet as it was
+        unet, unet_info = unet_init, earlier["unet"]
+    else:
+        lookup = {c: i for i, c in enumerate(unique)}
+        with torch.no_grad():
+            ids = tokenizer(unique, padding="max_length", max_length=77, return_tensors="pt").input_ids
+            contexts = torch.cat([text_encoder(input_ids=ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
+        caption_index = torch.tensor([lookup[c] for c in captions])
+        unet, unet_info = train_unet(cfg, raw * scaling, contexts, caption_index, lookup[""], unet_init)
+    if cfg.init and cfg.unet_steps:  # the whole history: earlier UNet phases first
         unet_info = {
             "steps": earlier["unet"]["steps"] + unet_info["steps"],
             "final_loss": unet_info["final_loss"],
