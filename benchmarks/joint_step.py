@@ -5,7 +5,7 @@
 For each size it builds, in one process and with random weights of the real classes, the understanding model
 (expert queries, Interactive Blocks, mappers), the frozen diffusion model and one batch, then times:
 
-- ``joint``: the training step itself (``uniemo.train.joint.JointObjective``, the code ``uniemo train joint``
+- ``joint``: the training step itself (``uniemo.train.objective.JointObjective``, the code ``uniemo train joint``
   runs: understanding forward, L_U, L_cond, VAE latents, c through the text encoder, L(θ), backward, AdamW);
 - ``textual inversion``: the same VAE, text encoder and UNet trained the way diffusers' textual-inversion script
   does it (the placeholder's row of the token-embedding matrix is the only trained value; the others are put
@@ -48,7 +48,7 @@ def build(size: str):
     from uniemo.models.placeholder import PromptEncoder
     from uniemo.models.understanding import ExpertQueryCLIP
     from uniemo.models.uniemo import UniEmoModel
-    from uniemo.train.joint import JointObjective
+    from uniemo.train.objective import JointObjective
 
     clip, diffusion, resolution, batch, queries, hidden = SIZES[size]
     torch.manual_seed(0)

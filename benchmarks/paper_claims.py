@@ -92,7 +92,11 @@ class Bench:
         self.out, self.p = out, profile
         out.mkdir(parents=True, exist_ok=True)
         recorded = out / "profile.json"
-        if recorded.is_file() and json.loads(recorded.read_text()) != profile:
+        settings = {k: v for k, v in profile.items() if k != "seeds"}  # runs are kept per seed: more seeds may join
+        if (
+            recorded.is_file()
+            and {k: v for k, v in json.loads(recorded.read_text()).items() if k != "seeds"} != settings
+        ):
             raise SystemExit(f"{out} holds runs of another profile: choose another --out or delete it")
         recorded.write_text(json.dumps(profile))
         self.data = out / "data"

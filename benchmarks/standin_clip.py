@@ -50,7 +50,7 @@ def main() -> int:
 
     PRIOR_EPOCHS = JointConfig().prior_epochs
     template = ModelConfig().attribute_template  # how stage 1 and the prior name an attribute
-    from uniemo.train.base import caption_of
+    from uniemo.data.synth import caption_of
 
     data = Path(args.data)
     if not (data / "info.json").is_file():

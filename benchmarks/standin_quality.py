@@ -39,10 +39,9 @@ def main() -> int:
 
     from uniemo.data.datasets import to_signed_tensor
     from uniemo.data.images import load_image
-    from uniemo.data.synth import OBJECTS, PALETTES, SCENES, SynthConfig, write_synthetic_dataset
+    from uniemo.data.synth import OBJECTS, PALETTES, SCENES, SynthConfig, caption_of, write_synthetic_dataset
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import standin_path
-    from uniemo.train.base import caption_of
 
     root = Path(args.standin) if args.standin else standin_path()
     data = Path(args.data)

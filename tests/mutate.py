@@ -59,8 +59,8 @@ MECHANISMS = [
     "uniemo.models.placeholder.xǁPromptEncoderǁ_ids*",
     "uniemo.models.placeholder.xǁPromptEncoderǁencode*",
     # the joint objective L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ) (METHOD §4)
-    "uniemo.train.joint.xǁJointObjectiveǁ*",
-    "uniemo.train.joint.x_content_words*",
+    "uniemo.train.objective.xǁJointObjectiveǁ*",
+    "uniemo.train.objective.x_content_words*",
     # the feedback selection (METHOD §6)
     "uniemo.train.feedback.x_rank_window*",
     "uniemo.train.feedback.x_select_images*",

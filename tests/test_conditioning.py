@@ -68,7 +68,8 @@ def test_mapper_gradient_comes_from_the_diffusion_loss(synth_dir, standin_stage1
     from diffusers import DDPMScheduler
 
     from uniemo.data.datasets import collate
-    from uniemo.train.joint import JointObjective, build_joint_model
+    from uniemo.train.joint import build_joint_model
+    from uniemo.train.objective import JointObjective
 
     cfg = _standin_config(synth_dir, standin_stage1, tmp_path / "run", "joint.condition_loss=none")
     start = build_joint_model(cfg)
@@ -96,7 +97,7 @@ def test_diagnostic_separates_a_condition_the_unet_reads_from_one_it_ignores(sta
     """Computed independently of training: with c that is the image's own, the loss is lower than with the same
     c's shuffled; with a UNet made blind to the context (cross-attention output zeroed), all variants are equal."""
     from uniemo.pipelines.generation import UniEmoPipeline
-    from uniemo.train.joint import JointObjective
+    from uniemo.train.objective import JointObjective
 
     run, _ = standin_joint
     pipe = UniEmoPipeline.from_pretrained(run)
@@ -180,7 +181,8 @@ def test_content_prompts_name_the_images_scene_and_object(synth_dir, standin_sta
     it, the placeholder alone."""
     from diffusers import DDPMScheduler
 
-    from uniemo.train.joint import JointObjective, build_joint_model, content_words
+    from uniemo.train.joint import build_joint_model
+    from uniemo.train.objective import JointObjective, content_words
 
     assert content_words("forest", "tent") == "a forest with a tent" and content_words(None, "apple") == "an apple"
     assert content_words("ocean", None) == "an ocean" and content_words(None, None) is None

@@ -16,6 +16,7 @@ from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import EmotionClassifier
 from uniemo.train import joint as joint_module
+from uniemo.train import objective as objective_module
 from uniemo.train.joint import train_joint
 
 
@@ -98,7 +99,7 @@ def test_without_l_theta_the_objective_is_l_u_alone_and_never_runs_the_unet(trai
         raise AssertionError("the UNet ran at w_θ = 0")
 
     pipe = start.pipe
-    objective = joint_module.JointObjective(start.encoder, pipe.vae, no_unet, pipe.scheduler, cfg.joint, cfg.loss)
+    objective = objective_module.JointObjective(start.encoder, pipe.vae, no_unet, pipe.scheduler, cfg.joint, cfg.loss)
     loss, parts = objective(start.model, start.model, batch, torch.Generator().manual_seed(0))
     assert parts["loss/diffusion"] == 0 and parts["loss/understanding"] > 0
     torch.testing.assert_close(loss, cfg.joint.understanding_weight * parts["loss/understanding"])
@@ -192,7 +193,7 @@ def test_resume_after_an_interruption_continues_the_same_run(synth_dir, trained_
     straight = _config(synth_dir, trained_run, tmp_path / "a", steps=4)
     train_joint(straight, progress=False)
     calls = {"n": 0}
-    real = joint_module.diffusion_loss
+    real = objective_module.diffusion_loss
 
     def interrupt_at_third_step(*args, **kwargs):
         calls["n"] += 1
@@ -200,14 +201,14 @@ def test_resume_after_an_interruption_continues_the_same_run(synth_dir, trained_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(joint_module, "diffusion_loss", interrupt_at_third_step)
+    monkeypatch.setattr(objective_module, "diffusion_loss", interrupt_at_third_step)
     # the third training step's L(θ): the conditioning diagnostic (which also computes L(θ)) off for this run
     broken = _config(synth_dir, trained_run, tmp_path / "b", "joint.diagnostic_images=0", steps=4)
     with pytest.raises(joint_module.TrainingError, match="--resume"):
         train_joint(broken, progress=False)
     state = json.loads((tmp_path / "b" / "last" / "training_state.json").read_text())
     assert state["counters"]["step"] == 2
-    monkeypatch.setattr(joint_module, "diffusion_loss", real)
+    monkeypatch.setattr(objective_module, "diffusion_loss", real)
     train_joint(broken, resume=True, progress=False)
     from safetensors.torch import load_file
 
@@ -236,14 +237,14 @@ def test_joint_config_errors(synth_dir, trained_run, tmp_path):
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_dir, trained_run, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = joint_module.diffusion_loss
+    real = objective_module.diffusion_loss
 
     def nan_at_third_step(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(joint_module, "diffusion_loss", nan_at_third_step)
+    monkeypatch.setattr(objective_module, "diffusion_loss", nan_at_third_step)
     # save_every=2; the third training step's L(θ): the diagnostic (which computes L(θ) too) off for this run
     cfg = _config(synth_dir, trained_run, tmp_path / "nan", "joint.diagnostic_images=0", steps=4)
     with pytest.raises(joint_module.TrainingError, match=r"loss became nan at step 2 \(the last good checkpoint"):

@@ -24,7 +24,7 @@ from uniemo.models.factory import architecture_config
 from uniemo.models.placeholder import PromptEncoder, sdxl_time_ids
 from uniemo.models.understanding import ExpertQueryCLIP
 from uniemo.models.uniemo import UniEmoModel
-from uniemo.train.joint import JointObjective, content_words
+from uniemo.train.objective import JointObjective, content_words
 
 V_S, V_O, K = 5, 4, 8
 

@@ -15,8 +15,10 @@ from uniemo.models.understanding import ExpertQueryCLIP
 from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import EmotionClassifier
 from uniemo.runtime import tune_allocator
-from uniemo.train import joint as joint_module
-from uniemo.train.joint import JointObjective, compute_prior, train_joint
+from uniemo.train import objective as objective_module
+from uniemo.train.joint import train_joint
+from uniemo.train.objective import JointObjective
+from uniemo.train.prior import compute_prior
 
 
 def _objective_and_model(trained_run):
@@ -67,13 +69,13 @@ def test_gradient_checkpointing_changes_memory_not_the_step(trained_run):
 def test_joint_options_reach_the_models(synth_dir, trained_run, tmp_path, monkeypatch):
     compiled, seen = [], {}
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
-    real_loss = joint_module.diffusion_loss
+    real_loss = objective_module.diffusion_loss
 
     def spy(unet, *args, **kwargs):
         seen["unet"] = unet.is_gradient_checkpointing
         return real_loss(unet, *args, **kwargs)
 
-    monkeypatch.setattr(joint_module, "diffusion_loss", spy)
+    monkeypatch.setattr(objective_module, "diffusion_loss", spy)
     real_layer = ExpertQueryCLIP._run_layer
 
     def layer_spy(self, layer, hidden):

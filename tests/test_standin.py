@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from uniemo.data.synth import caption_of
 from uniemo.errors import ConfigError
 from uniemo.models.factory import STANDIN, standin_path
 from uniemo.train.base import (
     BaseConfig,
-    caption_of,
     draw_timesteps,
     hard_negative_batch,
     hard_negative_groups,

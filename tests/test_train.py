@@ -18,13 +18,13 @@ def test_run_directory_contents(trained_run):
     assert {p.name for p in trained_run.iterdir()} >= {"best", "last", "logs", "metrics.jsonl", "summary.json"}
     assert list((trained_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard log"
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if "val_accuracy" in r]
+    evals = [r for r in records if "val/accuracy" in r]
     assert [e["step"] for e in evals] == [6, 12]
     losses = [r for r in records if "loss/total" in r]  # log_every=3: the training curve the demo report plots
     assert [r["step"] for r in losses] == [3, 6, 9, 12] and all(r["loss/total"] > 0 for r in losses)
     summary = json.loads((trained_run / "summary.json").read_text())
     best = json.loads((trained_run / "best" / "model.json").read_text())
-    assert best["val_accuracy"] == summary["best_val_accuracy"] == max(e["val_accuracy"] for e in evals)
+    assert best["val_accuracy"] == summary["best_val_accuracy"] == max(e["val/accuracy"] for e in evals)
     assert best["scene_vocab"] and best["object_vocab"]
     assert load_config(trained_run / "best" / "config.yaml").model.backbone == "micro-clip"
 

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import yaml
 
 from uniemo.errors import ConfigError
-from uniemo.models.configs import ExpertQueryConfig, QueryMode
+from uniemo.models.configs import AlphaMode, ConditionFeatures, ExpertQueryConfig, QueryMode, UniEmoConfig
 
 _ARCH = ExpertQueryConfig()
+_UNIEMO = UniEmoConfig(condition_dims=())  # the defaults of what the unified model adds
 DatasetFormat = Literal["auto", "emoset", "fi", "emotionroi", "twitter", "folder"]
 
 
@@ -237,14 +238,14 @@ class JointConfig:
     prior: Literal["classifier", "cooccurrence"] = "classifier"
     prior_clip: str | None = None
     prior_epochs: int = 30
-    alpha: Literal["soft", "hard", "none"] = "soft"
+    alpha: AlphaMode = _UNIEMO.alpha
     condition_loss: Literal["supcon", "ce", "none"] = "none"
-    condition_features: Literal["all", "class_token"] = "all"
+    condition_features: ConditionFeatures = _UNIEMO.condition_features
     condition_temperature: float = 0.07
     understanding_weight: float = 0.3
     condition_weight: float = 0.3
     diffusion_weight: float = 1.0
-    mapper_hidden: int = 1024
+    mapper_hidden: int = _UNIEMO.mapper_hidden
     mapper_lr: float = 1e-3
     space_max_images: int = 0
     init_from: str | None = None
@@ -257,7 +258,7 @@ class JointConfig:
     condition_norm: Literal["none", "token"] = "token"
     content_prompt: float = 0.0
     transfer_template: str = "{placeholder}, {content}"
-    space_bank: int = 0
+    space_bank: int = _UNIEMO.space_bank
     sampling_steps: int | None = None
     sampling_guidance: float | None = None
     sampling_scheduler: str | None = None

@@ -106,6 +106,16 @@ class SynthConfig:
     jpeg_quality: int = 95
 
 
+def caption_of(scene: str | None, objects: tuple[str, ...], palette: str | None) -> str:
+    """The caption of a built-in image: palette, scene and objects; never the emotion."""
+    head = " ".join(x for x in (palette, scene) if x) or "scene"
+    article = "an" if head[0] in "aeiou" else "a"
+    text = f"{article} {head}"
+    if objects:
+        text += " with a " + " and a ".join(objects)
+    return text
+
+
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 

@@ -78,7 +78,7 @@ def plot_curves(out: Path) -> Path:
         if points:
             axes[0].plot(*zip(*points), label=label)
     axes[0].set_title("stage 1: training losses")
-    val = [(r["step"], r["val_accuracy"]) for r in stage1 if "val_accuracy" in r]
+    val = [(r["step"], r["val/accuracy"]) for r in stage1 if "val/accuracy" in r]
     if val:
         axes[1].plot(*zip(*val), marker="o")
     axes[1].set_title("stage 1: validation accuracy")

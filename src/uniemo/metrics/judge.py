@@ -33,7 +33,7 @@ from uniemo.checkpoint import atomic_directory
 from uniemo.constants import POSITIVE_EMOTIONS
 from uniemo.data.datasets import open_dataset, to_signed_tensor
 from uniemo.data.images import load_image
-from uniemo.data.synth import OBJECTS, PALETTES, SCENES, emotion_of
+from uniemo.data.synth import OBJECTS, PALETTES, SCENES, caption_of, emotion_of
 from uniemo.errors import CheckpointError, DataError
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"palette": PALETTES, "scene": SCENES, "object": OBJECTS}
@@ -280,8 +280,6 @@ def emotion_triples(emotion: str) -> list[tuple[str, str, str]]:
 def oracle_captions(emotion: str, count: int) -> list[str]:
     """``count`` captions cycling through ``emotion``'s own triples ("a stormy beach with a tent", …) in a fixed
     shuffled order: what a text-to-image stand-in is asked to draw when told the cues of the emotion outright."""
-    from uniemo.train.base import caption_of
-
     triples = emotion_triples(emotion)
     order = np.random.default_rng(0).permutation(len(triples))  # fixed: a short list still spans palettes and scenes
     return [caption_of(s, (o,), p) for p, s, o in (triples[order[i % len(triples)]] for i in range(count))]

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from uniemo.data.datasets import open_dataset, per_class
 from uniemo.metrics.judge import AttributeJudge, judge_images, valence, wilson_interval
 
 
@@ -125,7 +126,6 @@ def judge_reference(
 
 def reference_samples(root: str | Path, per_emotion: int, split: str = "test") -> list[tuple[Path, str]]:
     """The first ``per_emotion`` images of every emotion in a split, with their true emotion."""
-    from uniemo.data.datasets import open_dataset, per_class
 
     dataset = open_dataset(root)
     return [(s.path, dataset.classes[s.label]) for s in per_class(dataset.split(split), per_emotion)]

@@ -38,7 +38,13 @@ from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError, MetricNetworkError
 from uniemo.metrics.lpips import _read_state_dict
 from uniemo.models.alpha import PriorHead, train_prior_head
-from uniemo.models.factory import STANDIN, from_pretrained_or_explain, is_architecture_name, resolve_spec
+from uniemo.models.factory import (
+    STANDIN,
+    check_tokenizer,
+    from_pretrained_or_explain,
+    is_architecture_name,
+    resolve_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +89,6 @@ class ClipNetwork:
 
     def __init__(self, spec: str, device: str | torch.device = "cpu", double_rescale: bool = False) -> None:
         from transformers import CLIPModel, CLIPTokenizer
-
-        from uniemo.models.factory import check_tokenizer
 
         if is_architecture_name(spec):
             raise MetricNetworkError(

@@ -34,6 +34,7 @@ from uniemo.data.datasets import EmotionDataset, open_dataset
 from uniemo.data.images import is_image_file, load_image
 from uniemo.errors import ConfigError, DataError
 from uniemo.metrics import generation as gm
+from uniemo.metrics.lpips import load_lpips, lpips_distances
 from uniemo.metrics.networks import ClipNetwork, EmotionFeatureClassifier, load_inception, uint8_batch
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,6 @@ class GenerationEvaluator:
             self.inception = load_inception(cfg.inception_weights).to(cfg.device)
         self.lpips = None
         if "lpips" in self.wanted:
-            from uniemo.metrics.lpips import load_lpips
-
             self.lpips = load_lpips(cfg.lpips_alexnet, cfg.lpips_linear, device=cfg.device)
         self.scene_names, self.object_names = self._sem_classes() if "sem-c" in self.wanted else ([], [])
         self._reference_features: dict[str, torch.Tensor] | None = None
@@ -291,8 +290,6 @@ class GenerationEvaluator:
             per = {e: gm.semantic_diversity(d_embeds[span[e]], pair_sets[e]) for e in order if len(pair_sets[e])}
             report["sem-d"] = self._pairwise(per, pair_sets)
         if "lpips" in self.wanted:
-            from uniemo.metrics.lpips import lpips_distances
-
             per = {}
             for e in order:
                 if len(pair_sets[e]):

@@ -15,7 +15,14 @@ import torch
 
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.errors import CheckpointError
-from uniemo.models.factory import STANDIN, check_tokenizer, clip_tokenizer, from_pretrained_or_explain, resolve_spec
+from uniemo.models.factory import (
+    STANDIN,
+    architecture_config,
+    check_tokenizer,
+    clip_tokenizer,
+    from_pretrained_or_explain,
+    resolve_spec,
+)
 
 TINY_SD = "tiny-sd"
 TINY_SDXL = "tiny-sdxl"
@@ -152,8 +159,6 @@ def stable_diffusion_15_architecture(seed: int = 0) -> Any:
     the real tokenizer, and SD 1.5's own PNDM scheduler settings."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
-
-    from uniemo.models.factory import architecture_config
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

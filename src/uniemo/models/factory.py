@@ -30,6 +30,7 @@ import torch
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.errors import CheckpointError, ConfigError
 from uniemo.models.configs import ExpertQueryConfig
+from uniemo.models.understanding import ExpertQueryCLIP
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,6 @@ def create_model(
         CheckpointError: neither a preset nor a checkpoint, or the backbone cannot be loaded.
         ConfigError: an override that is no architecture field, or options given with a checkpoint.
     """
-    from uniemo.models.understanding import ExpertQueryCLIP
 
     name = str(name_or_path)
     if name not in list_models() and Path(name).expanduser().exists():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ from uniemo.checkpoint import (
 from uniemo.errors import CheckpointError
 from uniemo.models.configs import ExpertQueryConfig, QueryMode
 
-QUERY_MODES: tuple[QueryMode, ...] = ("multi_stage", "single_step", "none")
+QUERY_MODES: tuple[QueryMode, ...] = get_args(QueryMode)
 
 
 class InteractiveBlockLayer(nn.Module):

@@ -23,12 +23,12 @@ from torch import nn
 from uniemo.checkpoint import JOINT_KIND, atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
 from uniemo.errors import CheckpointError
 from uniemo.models.alpha import attribute_distribution, correlation_coefficient
-from uniemo.models.configs import ConditionFeatures, UniEmoConfig
+from uniemo.models.configs import AlphaMode, ConditionFeatures, UniEmoConfig
 from uniemo.models.emotion_space import sample_emotion_space
 from uniemo.models.mappers import ConditionMappers
 from uniemo.models.understanding import ExpertQueryCLIP
 
-ALPHA_MODES = ("soft", "hard", "none")
+ALPHA_MODES = get_args(AlphaMode)
 SPACE_FEATURES = ("cls", "scene", "object")
 
 

@@ -29,7 +29,7 @@ from uniemo.data.transforms import ClipTransform
 from uniemo.models.understanding import ExpertQueryCLIP, UnderstandingOutput
 
 KIND = UNDERSTANDING_KIND
-__all__ = ["JOINT_KIND", "KIND", "EmotionClassifier", "Prediction", "checkpoint_meta", "predict_dataset"]
+__all__ = ["JOINT_KIND", "KIND", "EmotionClassifier", "Prediction", "predict_dataset"]
 
 
 @dataclass
@@ -197,18 +197,6 @@ class EmotionClassifier:
             positive = float(probs[self._positive].sum())
             sentiment = {"positive": positive, "negative": 1.0 - positive}
         return Prediction(top[0][0], top[0][1], top, sentiment, source)
-
-
-def checkpoint_meta(
-    model: ExpertQueryCLIP,
-    classes: list[str],
-    scene_vocab: list[str],
-    object_vocab: list[str],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``model.json`` of an understanding checkpoint (:meth:`ExpertQueryCLIP.checkpoint_meta`)."""
-    vocabs = {"scene_vocab": list(scene_vocab), "object_vocab": list(object_vocab)}
-    return model.checkpoint_meta(classes, **vocabs, extra=extra or {})
 
 
 @torch.no_grad()

@@ -42,21 +42,13 @@ from uniemo.config import BaseConfig
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.data.datasets import open_dataset
 from uniemo.data.images import load_image
+from uniemo.data.synth import caption_of
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError
+from uniemo.models.diffusion import sd_pipeline, tiny_unet, tiny_vae
 from uniemo.models.factory import architecture_config, clip_tokenizer, save_clip_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-def caption_of(scene: str | None, objects: tuple[str, ...], palette: str | None) -> str:
-    """The caption of a built-in image: palette, scene and objects; never the emotion."""
-    head = " ".join(x for x in (palette, scene) if x) or "scene"
-    article = "an" if head[0] in "aeiou" else "a"
-    text = f"{article} {head}"
-    if objects:
-        text += " with a " + " and a ".join(objects)
-    return text
 
 
 def _read_captions(root: Path, split: str) -> tuple[list[Path], list[str], list[tuple[str | None, tuple, str | None]]]:
@@ -269,7 +261,6 @@ def _cues(spec: str) -> tuple[str, ...]:
 
 
 def stand_in_vae(cfg: BaseConfig) -> Any:
-    from uniemo.models.diffusion import tiny_vae
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
@@ -298,7 +289,6 @@ def train_vae(cfg: BaseConfig, images: torch.Tensor) -> tuple[Any, dict]:
 
 
 def stand_in_unet(cfg: BaseConfig) -> Any:
-    from uniemo.models.diffusion import tiny_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
@@ -397,7 +387,6 @@ def _save_half(model: Any, directory: Path) -> None:
 def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None) -> dict[str, Any]:
     """Trains and saves the stand-in CLIP (``out/clip``) and Stable Diffusion (``out/sd``); returns the recipe
     and timings (also written to ``out/training.json``)."""
-    from uniemo.models.diffusion import sd_pipeline
 
     cfg = cfg or BaseConfig()
     _cues(cfg.clip_cues), _cues(cfg.text_cues)  # a misspelt cue fails before any training

@@ -21,9 +21,13 @@ from typing import Any
 
 import torch
 
-from uniemo.config import ConditioningProbeConfig
-from uniemo.data.datasets import EmotionImageDataset, Sample, collate
+from uniemo.checkpoint import CONFIG_FILE, resolve_checkpoint
+from uniemo.config import ConditioningProbeConfig, JointRunConfig, load_config
+from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset
 from uniemo.data.transforms import ClipTransform
+from uniemo.errors import DataError
+from uniemo.pipelines.generation import UniEmoPipeline
+from uniemo.train.objective import JointObjective
 
 #: L(θ) variants of the diagnostic, in the order they are reported.
 VARIANTS = ("own", "shuffled", "mean", "empty")
@@ -109,7 +113,7 @@ def _loss(objective: Any, latents: torch.Tensor, context: dict[str, torch.Tensor
 
 def conditioning_report(model: Any, objective: Any, probe: ConditioningProbe, chunk: int = 32) -> dict[str, float]:
     """The diagnostic on ``probe`` for a :class:`~uniemo.models.uniemo.UniEmoModel` and the run's
-    :class:`~uniemo.train.joint.JointObjective`.
+    :class:`~uniemo.train.objective.JointObjective`.
 
     Returns ``diag/loss_{own,shuffled,mean,empty}`` (L(θ) per variant), ``diag/gap_shuffled`` and
     ``diag/gap_empty`` (the variant's loss minus the own c's: > 0 when c helps), ``diag/c_norm`` (mean ‖c‖),
@@ -196,13 +200,6 @@ def diagnose_checkpoint(
         CheckpointError: not a joint checkpoint. DataError: fewer than two readable images in ``split``.
     """
     from diffusers import DDPMScheduler
-
-    from uniemo.checkpoint import CONFIG_FILE, resolve_checkpoint
-    from uniemo.config import JointRunConfig, load_config
-    from uniemo.data.datasets import open_dataset
-    from uniemo.errors import DataError
-    from uniemo.pipelines.generation import UniEmoPipeline
-    from uniemo.train.joint import JointObjective
 
     pipe = UniEmoPipeline.from_pretrained(checkpoint, device=device)
     cfg = load_config(resolve_checkpoint(checkpoint) / CONFIG_FILE, [], JointRunConfig)

@@ -19,12 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from uniemo.checkpoint import CONFIG_FILE, read_meta, resolve_checkpoint, write_atomic
+from uniemo.checkpoint import CONFIG_FILE, JOINT_KIND, read_meta, resolve_checkpoint, write_atomic
 from uniemo.config import FeedbackRunConfig, JointRunConfig, config_to_dict, load_config, save_config
+from uniemo.data.datasets import open_dataset
+from uniemo.data.images import load_image
 from uniemo.errors import ConfigError, DataError
 from uniemo.metrics import generation as gm
-from uniemo.pipelines.classifier import JOINT_KIND
+from uniemo.metrics.judge import difference_interval
+from uniemo.metrics.networks import EmotionFeatureClassifier, train_emotion_classifier
+from uniemo.metrics.suite import GenerationEvaluator, GenerationMetricsConfig, format_report
+from uniemo.pipelines.generation import UniEmoPipeline
+from uniemo.train.joint import train_joint
+from uniemo.train.loop import require
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +121,6 @@ def _generate_all(
     reuses a folder that already holds the m images of the same model and settings (its ``done.json``)."""
     weights = resolve_checkpoint(model_dir) / "model.safetensors"
     source = {"model": str(weights), "mtime": weights.stat().st_mtime_ns if weights.is_file() else None}
-    from tqdm.auto import tqdm
-
-    from uniemo.data.images import load_image
-
     images: dict[str, list] = {}
     for emotion in tqdm(classes, desc=f"generate {out.name}", leave=False):
         folder = out / emotion
@@ -174,8 +179,6 @@ def check_feedback_config(cfg: FeedbackRunConfig) -> None:
     Raises:
         ConfigError: a required key unset, unknown variants, Emo-A or Sem-C skipped, m < 2, or η, δ, ρ out of range.
     """
-    from uniemo.train.loop import require
-
     f = cfg.feedback
     require(
         {
@@ -202,18 +205,12 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
     Raises:
         ConfigError / DataError / CheckpointError / MetricNetworkError: bad settings, data, checkpoint or network.
     """
-    from uniemo.data.datasets import open_dataset
-    from uniemo.metrics.suite import format_report
-    from uniemo.pipelines.generation import UniEmoPipeline
-
     check_feedback_config(cfg)
     f = cfg.feedback
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.threads:
-        import torch
-
         torch.set_num_threads(cfg.threads)
     start_dir = resolve_checkpoint(f.checkpoint)
     meta = read_meta(start_dir, JOINT_KIND)
@@ -264,9 +261,6 @@ def run_feedback(cfg: FeedbackRunConfig, progress: bool = True) -> dict[str, Any
 def _evaluation_suite(cfg: FeedbackRunConfig, dataset: Any, out: Path) -> tuple[Any, Any]:
     """The evaluation suite (Emo-A, Sem-C, Sem-D, FID, LPIPS) and the Emo-A classifier (trained on ``feedback.clip``'s
     image embeddings of the training split when ``feedback.emo_classifier`` is not given)."""
-    from uniemo.metrics.networks import EmotionFeatureClassifier, train_emotion_classifier
-    from uniemo.metrics.suite import GenerationEvaluator, GenerationMetricsConfig
-
     f = cfg.feedback
     clf_dir = Path(f.emo_classifier) if f.emo_classifier else out / "emo-classifier"
     if not f.emo_classifier and not (clf_dir / "model.json").is_file():
@@ -318,8 +312,6 @@ def _run_variant(
         DataError: the selection keeps no image.
         ConfigError: the variant's folder was trained with other settings.
     """
-    from uniemo.train.joint import train_joint
-
     f = cfg.feedback
     folder = out / "variants" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -367,8 +359,6 @@ def _run_variant(
 def feedback_differences(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each variant's test accuracy and Emo-A against the baseline's (the start's without one): the difference, its
     95 % interval (unpaired: conservative) and whether the interval decides it (excludes 0)."""
-    from uniemo.metrics.judge import difference_interval
-
     control_name = BASELINE if BASELINE in report["variants"] else "start"
     control = report["variants"].get(BASELINE, report["start"])
     n_test = report.get("test_images")

@@ -1,11 +1,11 @@
-"""Stage 2: joint training of understanding and emotion-conditioned generation (METHOD §3–§5) on the training
-engine (:mod:`.loop`).
+"""Stage 2: joint training of understanding and emotion-conditioned generation (METHOD §3–§5).
 
-Read top to bottom: stage-1 model and frozen diffusion model → data → prior P(e|a) and accuracy before → optimiser
-→ the step (:class:`JointObjective`: L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ)) and the evaluation hook (test
-accuracy, the conditioning diagnostic) → emotion space → accuracy after. The engine writes ``last/`` atomically
-every ``save_every`` steps (and on Ctrl-C) with the optimiser, scheduler and RNG states, so ``--resume`` continues
-the same run; the finished model (with its emotion space) is ``last/`` with ``"finished": true``.
+Read :func:`train_joint` top to bottom: stage-1 model and frozen diffusion model → data → the prior P(e|a)
+(:mod:`.prior`) and the test accuracy before → optimiser → the loop (L_Joint, :mod:`.objective`, on each batch;
+the test accuracy and the conditioning diagnostic every ``eval_every`` steps; ``last/`` every ``save_every`` steps
+and on Ctrl-C, with the optimiser, scheduler and RNG states, so that ``--resume`` continues the same run) → the
+emotion space → the accuracy after. The finished model (with its emotion space) is ``last/`` with
+``"finished": true``.
 """
 
 from __future__ import annotations
@@ -18,23 +18,23 @@ from typing import Any
 
 import torch
 
-from uniemo.checkpoint import load_optimizer_moments, resolve_checkpoint
+from uniemo.checkpoint import JOINT_KIND, load_optimizer_moments, resolve_checkpoint
 from uniemo.config import JointRunConfig
 from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_dataset, per_class
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError
-from uniemo.losses import condition_loss, diffusion_loss, understanding_loss
 from uniemo.metrics.classification import classification_report
-from uniemo.models.alpha import classifier_prior, cooccurrence_prior, train_prior_head
 from uniemo.models.configs import UniEmoConfig
 from uniemo.models.diffusion import load_stable_diffusion
 from uniemo.models.emotion_space import emotion_space
-from uniemo.models.factory import is_architecture_name
-from uniemo.models.placeholder import PromptEncoder, sdxl_time_ids
+from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel
-from uniemo.pipelines.classifier import JOINT_KIND, EmotionClassifier, predict_dataset
+from uniemo.pipelines.classifier import EmotionClassifier, predict_dataset
+from uniemo.pipelines.generation import SCHEDULERS
 from uniemo.train.conditioning import conditioning_report, make_probe, token_norms
 from uniemo.train.loop import Run, Trainer, TrainingError, adamw_cosine, open_run, require, training_loader
+from uniemo.train.objective import JointObjective, model_temperature
+from uniemo.train.prior import compute_prior
 from uniemo.train.understanding import param_groups
 
 logger = logging.getLogger(__name__)
@@ -95,63 +95,6 @@ def dataset_features(model: UniEmoModel, dataset: EmotionImageDataset, batch_siz
     return {"features": result, "labels": torch.cat(labels)}
 
 
-def compute_prior(
-    cfg: JointRunConfig,
-    model: UniEmoModel,
-    samples: list,
-    scene_vocab: list[str],
-    object_vocab: list[str],
-    text_spec: str,
-    device: Any = "cpu",
-    stage1_template: str = "{}",
-) -> str:
-    """Fills ``model.prior_scene`` / ``prior_object`` (P(e | a), rows sum to 1); returns what was used."""
-    k = model.understanding.num_classes
-    labels = [s.label for s in samples]
-    mode = cfg.joint.prior
-    spec = cfg.joint.prior_clip or text_spec
-    if mode == "classifier" and is_architecture_name(spec):
-        logger.warning(
-            "joint.prior=classifier needs a pretrained CLIP, but '%s' is a random architecture: using the "
-            "co-occurrence prior instead (set joint.prior_clip to a CLIP checkpoint)",
-            spec,
-        )
-        mode = "cooccurrence"
-    if mode == "cooccurrence":
-        s_index = {n: i for i, n in enumerate(scene_vocab)}
-        o_index = {n: i for i, n in enumerate(object_vocab)}
-        scene_ids = [[s_index[x.scene]] if x.scene in s_index else [] for x in samples]
-        object_ids = [[o_index[o] for o in x.objects if o in o_index] for x in samples]
-        model.prior_scene.copy_(cooccurrence_prior(scene_ids, labels, len(scene_vocab), k))
-        model.prior_object.copy_(cooccurrence_prior(object_ids, labels, len(object_vocab), k))
-        return "cooccurrence"
-    from uniemo.metrics.networks import ClipNetwork, cached_embeddings, default_cache_dir
-
-    cache = cfg.joint.feature_cache
-    cache_dir = None if cache == "" else Path(cache) if cache else default_cache_dir() / "features"
-    network = ClipNetwork(spec, device)
-    features, indices = cached_embeddings(network, samples, cache_dir, num_workers=cfg.data.num_workers)
-    if not indices:
-        raise DataError("no readable training image for the classifier prior")
-    head = train_prior_head(
-        features, torch.tensor([labels[i] for i in indices]), k, epochs=cfg.joint.prior_epochs, seed=cfg.seed
-    )
-    u = model.understanding
-    scene_embeds, object_embeds = u.scene_vocab_embeds, u.object_vocab_embeds
-    if spec != text_spec:  # the names must be read in the prior CLIP's own space
-        from uniemo.models.factory import encode_texts, load_clip_text
-
-        text_model, tokenizer = load_clip_text(spec)
-        template = stage1_template
-        scene_embeds = encode_texts(text_model.eval(), tokenizer, [template.format(n) for n in scene_vocab])
-        object_embeds = encode_texts(text_model, tokenizer, [template.format(n) for n in object_vocab])
-    if len(scene_vocab):
-        model.prior_scene.copy_(classifier_prior(head, scene_embeds.cpu()))
-    if len(object_vocab):
-        model.prior_object.copy_(classifier_prior(head, object_embeds.cpu()))
-    return f"classifier ({spec})"
-
-
 def _param_groups(model: UniEmoModel, cfg: JointRunConfig) -> list[dict[str, Any]]:
     """Stage 1's groups for the understanding model (backbone at lr × scale) and the mappers at ``mapper_lr``."""
     groups = param_groups(model.understanding, cfg)
@@ -179,7 +122,8 @@ def _continue_optimizer(init_from: str, optimizer: torch.optim.Optimizer) -> Non
     logger.info("%s keeps no optimiser state: starting a fresh optimiser", init_from)
 
 
-def _accuracy(model: UniEmoModel, dataset: EmotionImageDataset, classes: list[str], batch_size: int) -> float:
+def test_accuracy(model: UniEmoModel, dataset: EmotionImageDataset, classes: list[str], batch_size: int) -> float:
+    """The understanding model's accuracy on the test split (before, during and after joint training)."""
     probs, labels, _, _ = predict_dataset(model.understanding, dataset, batch_size=batch_size)
     if len(labels) == 0:
         raise TrainingError("no readable image in the test split")
@@ -333,7 +277,6 @@ def joint_data(cfg: JointRunConfig, start: JointStart) -> JointData:
 
 def check_joint_config(cfg: JointRunConfig) -> None:
     """Refuses joint settings no run can use (the trainer's own checks, before anything is loaded)."""
-    from uniemo.pipelines.generation import SCHEDULERS
 
     j = cfg.joint
     if j.sampling_scheduler is not None and j.sampling_scheduler not in SCHEDULERS:
@@ -377,19 +320,20 @@ def before_training(cfg: JointRunConfig, start: JointStart, data: JointData, run
         template = extra.get("attribute_template", "{}")
         device = run.accelerator.device
         prior = compute_prior(cfg, start.model, data.train_samples, *vocabs, text_spec, device, template)
-    accuracy = _accuracy(start.model, data.test_set, start.classes, batch) if run.is_main else float("nan")
+    accuracy = test_accuracy(start.model, data.test_set, start.classes, batch) if run.is_main else float("nan")
     run.accelerator.wait_for_everyone()
     if run.is_main:
         logger.info("prior: %s; test accuracy before joint training %.2f%%", prior, 100 * accuracy)
     return {"prior": prior, "accuracy_before": accuracy}
 
 
-def joint_meta(cfg: JointRunConfig, start: JointStart, trainer: Trainer, data: JointData) -> dict[str, Any]:
-    """The joint checkpoint's ``model.json`` (``finished`` false until the emotion space is in)."""
-    j, parent, values = cfg.joint, start.joint_meta, trainer.state.values
+def joint_meta(cfg: JointRunConfig, start: JointStart, data: JointData, record: dict[str, Any]) -> dict[str, Any]:
+    """The joint checkpoint's ``model.json`` (``finished`` false until the emotion space is in); ``record`` holds
+    the prior and the accuracy before training."""
+    j, parent = cfg.joint, start.joint_meta
     return {
         "kind": JOINT_KIND,
-        "architecture": trainer.unwrapped.architecture(),
+        "architecture": start.model.architecture(),
         "classes": start.classes,
         "scene_vocab": start.scene_vocab,
         "object_vocab": start.object_vocab,
@@ -400,15 +344,15 @@ def joint_meta(cfg: JointRunConfig, start: JointStart, trainer: Trainer, data: J
         "placeholder": j.placeholder,
         "template": j.template,
         "transfer_template": j.transfer_template,
-        "prior": values["prior"],
+        "prior": record["prior"],
         "condition_loss": j.condition_loss,
         "sampling": _sampling_defaults(j, parent),
         "stage1": parent["stage1"] if parent else spec_for_meta(j.understanding),
         "init_from": spec_for_meta(j.init_from) if j.init_from else None,
         "extra_train": len(data.extra_samples),
-        "accuracy_before": values["accuracy_before"],
+        "accuracy_before": record["accuracy_before"],
         "finished": False,
-        "extra": {"dataset": data.root, "temperature": model_temperature(trainer.unwrapped)},
+        "extra": {"dataset": data.root, "temperature": model_temperature(start.model)},
     }
 
 
@@ -441,7 +385,7 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     loader, sampler, micro_batch, steps_per_epoch = training_loader(data.train_set, cfg, run.accelerator.num_processes)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     model.to(run.accelerator.device)
-    values = {} if resume else before_training(cfg, start, data, run, micro_batch)
+    record = {} if resume else before_training(cfg, start, data, run, micro_batch)
 
     # ---- optimiser and the engine -------------------------------------------------------------------------------
     optimizer, scheduler = adamw_cosine(_param_groups(model, cfg), cfg.optim, total_steps)
@@ -453,108 +397,104 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
     if cfg.compile:
         model.understanding.compile()  # in place: the state dict keeps its names
         start.pipe.unet.compile()
-    trainer = Trainer(run, "joint", model, optimizer, scheduler, loader, sampler, total_steps, cfg.save_every, values)
-    trainer.meta = joint_meta(cfg, start, trainer, data)
+    trainer = Trainer(run, "joint", model, optimizer, scheduler, loader, sampler, total_steps, record=record)
+    record = trainer.record  # restored on resume
+    meta = joint_meta(cfg, start, data, record)
     if run.is_main:
         logger.info(
             "stage 2: %d train images (%d generated), %s (%s), L_cond=%s, α=%s, %d steps of batch %d",
-            *(len(data.train_set), len(data.extra_samples), trainer.meta["diffusion"]),
+            *(len(data.train_set), len(data.extra_samples), meta["diffusion"]),
             *("SDXL" if encoder.is_xl else "SD", j.condition_loss, j.alpha, total_steps, cfg.optim.batch_size),
         )
-    vae, unet = start.pipe.vae, start.pipe.unet
     vocabs = (list(start.scene_vocab), list(start.object_vocab))
-    objective = JointObjective(encoder, vae, unet, noise_scheduler, j, cfg.loss, weight_dtype, *vocabs)
+    objective = JointObjective(
+        encoder, start.pipe.vae, start.pipe.unet, noise_scheduler, j, cfg.loss, weight_dtype, *vocabs
+    )
+    probe = diagnostic_probe(cfg, data, objective, model) if run.is_main else None
+    diagnosis = diagnose(trainer, objective, probe) if trainer.step == 0 else {}
 
-    # ---- the step, the loop, the emotion space ------------------------------------------------------------------
-    def step(batch: dict[str, Any], state: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # Diffusion noise and timesteps: one generator per (seed, step, process): a resumed run draws alike.
-        process = run.accelerator.process_index
-        seed = cfg.seed * 1_000_003 + state.batch_in_epoch * 7919 + state.epoch * 104_729 + process
-        return objective(trainer.model, trainer.unwrapped, batch, torch.Generator().manual_seed(seed))
+    # ---- the loop: L_Joint on each batch; test accuracy and the diagnostic every eval_every steps --------------
+    classes, process = list(start.classes), run.accelerator.process_index
+    try:
+        for batch in trainer.batches(progress, postfix={"loss": "loss/total", "diff": "loss/diffusion"}):
+            # Diffusion noise and timesteps: one generator per (seed, position, process): a resumed run draws alike.
+            state = trainer.state
+            seed = cfg.seed * 1_000_003 + state.batch_in_epoch * 7919 + state.epoch * 104_729 + process
+            with run.accelerator.accumulate(trainer.model):
+                loss, parts = objective(trainer.model, model, batch, torch.Generator().manual_seed(seed))
+                if not trainer.update(loss, parts):
+                    continue
+            if trainer.due(cfg.eval_every) and run.is_main:
+                accuracy = test_accuracy(model, data.test_set, classes, micro_batch)
+                trainer.log({"test/accuracy": accuracy})
+                trainer.say(f"step {trainer.step}: test accuracy {accuracy:.2%}")
+                diagnosis = diagnose(trainer, objective, probe) or diagnosis
+            if trainer.due(cfg.save_every) and not trainer.done:
+                trainer.save("last", meta)
+    except KeyboardInterrupt:
+        raise trainer.interrupted(meta) from None
 
-    evaluate = JointEvaluation(trainer, objective, data, micro_batch)
-    if trainer.state.step == 0:
-        evaluate.diagnose(0)
-    losses = trainer.fit(step, evaluate, progress, postfix={"loss": "loss/total", "diff": "loss/diffusion"})
-    accuracy_after = build_emotion_space(trainer, evaluate, data, micro_batch) if run.is_main else float("nan")
-    trainer.state.values["accuracy_after"] = accuracy_after
-    trainer.save_last({"finished": True, "accuracy_after": accuracy_after, "steps": trainer.state.step})
+    # ---- the emotion space and the accuracy after --------------------------------------------------------------
+    if run.is_main and diagnosis.get("step") != trainer.step:
+        diagnosis = diagnose(trainer, objective, probe) or diagnosis
+    if run.is_main and j.diffusion_weight != 0:  # at w_θ = 0 (implicit feedback's control) no mapper was trained
+        try:
+            build_emotion_space(model, data.space_set, cfg.seed, micro_batch)
+        except ValueError as err:
+            trainer.save("last", meta)
+            where = run.last_dir
+            raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {where})") from None
+    accuracy_after = test_accuracy(model, data.test_set, classes, micro_batch) if run.is_main else float("nan")
+    if run.is_main:
+        before = record["accuracy_before"]
+        logger.info("test accuracy %.2f%% before joint training, %.2f%% after", 100 * before, 100 * accuracy_after)
+    record["accuracy_after"] = accuracy_after
+    trainer.save("last", {**meta, "finished": True, "accuracy_after": accuracy_after, "steps": trainer.step})
     summary = JointSummary(
-        accuracy_before=trainer.state.values["accuracy_before"],
+        accuracy_before=record["accuracy_before"],
         accuracy_after=accuracy_after,
-        steps=trainer.state.step,
+        steps=trainer.step,
         seconds=trainer.seconds,
         seconds_per_step=trainer.seconds / max(1, trainer.steps_run),
-        losses=losses,
+        losses=trainer.last_logs,
         output_dir=str(run.out_dir),
         main_process=run.is_main,
         skipped_images=trainer.state.skipped_images,
-        conditioning=dict(evaluate.diagnosis),
+        conditioning=diagnosis,
     )
     return trainer.finish(summary)
 
 
-class JointEvaluation:
-    """After every ``eval_every``-th step (main process): test accuracy (``metrics.jsonl`` ``test_accuracy``) and
-    the conditioning diagnostic (:meth:`diagnose`): L(θ) on a fixed held-out batch with each image's own c,
-    shuffled c, the emotion space's mean c and the empty prompt (:func:`~uniemo.train.conditioning
-    .conditioning_report`); the last one is kept in ``diagnosis``. The engine's ``after_step`` hook."""
-
-    def __init__(self, trainer: Trainer, objective: JointObjective, data: JointData, batch: int) -> None:
-        self.trainer, self.objective, self.data, self.batch = trainer, objective, data, batch
-        self.diagnosis: dict[str, Any] = {}
-        j, model = trainer.cfg.joint, trainer.unwrapped
-        self.probe = None
-        if trainer.run.is_main and j.diagnostic_images:
-            vae, size = objective.vae, model.understanding.image_size
-            draws, seed = j.diagnostic_draws, trainer.cfg.seed
-            self.probe = make_probe(data.held_out, size, j.resolution, vae, j.diagnostic_images, draws, seed)
-
-    def diagnose(self, step: int) -> None:
-        if self.probe is None:
-            return
-        report = conditioning_report(self.trainer.unwrapped, self.objective, self.probe)
-        self.trainer.log(report, step)
-        self.diagnosis.clear()
-        self.diagnosis.update(step=step, **report)
-
-    def __call__(self, step: int) -> None:
-        every = self.trainer.cfg.eval_every
-        if not (every and step % every == 0 and self.trainer.run.is_main):
-            return
-        classes = list(self.trainer.meta["classes"])
-        accuracy = _accuracy(self.trainer.unwrapped, self.data.test_set, classes, self.batch)
-        self.trainer.log({"test_accuracy": accuracy}, step)
-        self.trainer.say(f"step {step}: test accuracy {accuracy:.2%}")
-        self.diagnose(step)
+def diagnostic_probe(cfg: JointRunConfig, data: JointData, objective: JointObjective, model: UniEmoModel) -> Any:
+    """The conditioning diagnostic's fixed held-out batch (None with ``joint.diagnostic_images: 0``)."""
+    j = cfg.joint
+    if not j.diagnostic_images:
+        return None
+    size, vae = model.understanding.image_size, objective.vae
+    return make_probe(data.held_out, size, j.resolution, vae, j.diagnostic_images, j.diagnostic_draws, cfg.seed)
 
 
-def build_emotion_space(trainer: Trainer, evaluate: JointEvaluation, data: JointData, batch: int) -> float:
-    """The final diagnostic, the emotion space from ``data.space_set``'s features, and the test accuracy after.
-    A run without L(θ) (``joint.diffusion_weight=0``, implicit feedback's control) trained no mapper, so it has
-    nothing to generate with and builds no emotion space.
+def diagnose(trainer: Trainer, objective: JointObjective, probe: Any) -> dict[str, Any]:
+    """The conditioning diagnostic at the current step, logged (:func:`~uniemo.train.conditioning
+    .conditioning_report`: L(θ) on the probe with each image's own c, shuffled c, the space's mean c and the empty
+    prompt); {} without a probe."""
+    if probe is None:
+        return {}
+    report = conditioning_report(trainer.unwrapped, objective, probe)
+    trainer.log(report)
+    return {"step": trainer.step, **report}
+
+
+def build_emotion_space(model: UniEmoModel, space_set: EmotionImageDataset, seed: int, batch: int) -> None:
+    """Sets the model's emotion space from ``space_set``'s features.
 
     Raises:
-        DataError: the space cannot be built (an emotion without images); the weights are saved first.
+        ValueError: the space cannot be built (an emotion without images).
     """
-    model, cfg = trainer.unwrapped, trainer.cfg
-    classes = list(trainer.meta["classes"])
-    if evaluate.diagnosis.get("step") != trainer.state.step:
-        evaluate.diagnose(trainer.state.step)
-    if cfg.joint.diffusion_weight != 0:
-        feats = dataset_features(model, data.space_set, batch)
-        try:
-            bank = model.config.space_bank
-            space = emotion_space(feats["features"], feats["labels"], len(classes), bank, cfg.seed)
-            model.set_emotion_space(space)
-        except ValueError as err:
-            trainer.save_last()
-            where = trainer.run.last_dir
-            raise DataError(f"cannot build the emotion space: {err} (the trained weights are in {where})") from None
-    accuracy = _accuracy(model, data.test_set, classes, batch)
-    before = trainer.state.values["accuracy_before"]
-    logger.info("test accuracy %.2f%% before joint training, %.2f%% after", 100 * before, 100 * accuracy)
-    return accuracy
+    feats = dataset_features(model, space_set, batch)
+    classes = model.understanding.num_classes
+    space = emotion_space(feats["features"], feats["labels"], classes, model.config.space_bank, seed)
+    model.set_emotion_space(space)
 
 
 def _stratified(samples: list, limit: int, num_classes: int) -> list:
@@ -562,126 +502,3 @@ def _stratified(samples: list, limit: int, num_classes: int) -> list:
     if not limit or limit >= len(samples):
         return samples
     return per_class(samples, max(2, limit // num_classes))
-
-
-def model_temperature(model: UniEmoModel) -> float:
-    return model.config.temperature
-
-
-@dataclass
-class JointObjective:
-    """L_Joint of one batch (METHOD §4), used by training and by ``benchmarks/joint_step.py``:
-    understanding forward → L_U and L_cond; the images' VAE latents (no gradient) → c in the placeholder's place
-    → L(θ) through the frozen text encoder and UNet; L_Joint = w_U·L_U + w_cond·L_cond + w_θ·L(θ).
-
-    Attributes:
-        encoder / vae / unet: the frozen diffusion model's parts (already in ``weight_dtype``).
-        noise_scheduler: the DDPM scheduler that draws the training noise.
-        joint / weights: the run's ``joint`` and ``loss`` settings.
-        weight_dtype: the frozen parts' dtype (float16/bfloat16 under mixed precision).
-    """
-
-    encoder: PromptEncoder
-    vae: Any
-    unet: Any
-    noise_scheduler: Any
-    joint: Any
-    weights: Any
-    weight_dtype: torch.dtype = torch.float32
-    scene_vocab: list[str] = field(default_factory=list)
-    object_vocab: list[str] = field(default_factory=list)
-
-    def __call__(
-        self, model: Any, base: UniEmoModel, batch: dict[str, Any], gen: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(L_Joint, its detached parts) for ``batch``; ``model`` is ``base`` or its distributed wrapper.
-
-        ``batch`` holds ``pixel_values`` (B, 3, S, S) for CLIP, ``diffusion_pixels`` (B, 3, R, R) in [-1, 1],
-        ``label`` (B,) and ``scene_id`` / ``object_id`` (B,) (-1: no annotation); ``gen`` draws the latents'
-        sample, the noise and the timesteps."""
-        j = self.joint
-        labels = batch["label"]
-        forward = model(batch["pixel_values"], labels)
-        out, condition = forward.understanding, forward.condition
-        vocab = {"scene": base.understanding.scene_vocab_embeds, "object": base.understanding.object_vocab_embeds}
-        loss_u, parts = understanding_loss(out, batch, vocab, self.weights, model_temperature(base))
-        loss_cond = self.condition_term(base, condition, labels)
-        if j.diffusion_weight == 0:  # L_U (and L_cond) alone: the implicit-feedback control, without the UNet's cost
-            loss_theta = loss_u.new_zeros(())
-        else:
-            latents = self.latents(batch["diffusion_pixels"], gen)
-            contents = self.contents(batch, gen) if j.content_prompt > 0 else None
-            loss_theta = self.diffusion_term(latents, self.context(condition, len(labels), contents), gen)
-        loss = j.understanding_weight * loss_u + j.diffusion_weight * loss_theta
-        if loss_cond is not None:
-            loss = loss + j.condition_weight * loss_cond
-            parts["loss/cond"] = loss_cond.detach()
-        parts.update({"loss/understanding": loss_u.detach(), "loss/diffusion": loss_theta.detach()})
-        return loss, parts
-
-    def latents(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Scaled VAE latents (B, C, h, h) of diffusion-view pixels (B, 3, R, R) in [-1, 1], sampled from ``gen``."""
-        with torch.no_grad():
-            device = next(self.vae.parameters()).device
-            dist = self.vae.encode(pixels.to(device, dtype=self.weight_dtype)).latent_dist
-            return dist.sample(generator=gen) * float(self.vae.config.scaling_factor)
-
-    def contents(self, batch: dict[str, Any], gen: torch.Generator) -> list[str | None]:
-        """Per image, with probability ``joint.content_prompt``, the words naming its annotated scene and object
-        ("a forest with a tent"; None otherwise, or when it has neither), drawn from ``gen``."""
-        draws = torch.rand(len(batch["label"]), generator=gen).tolist()
-        out: list[str | None] = []
-        for draw, s, o in zip(draws, batch["scene_id"].tolist(), batch["object_id"].tolist()):
-            scene = self.scene_vocab[s] if 0 <= s < len(self.scene_vocab) else None
-            obj = self.object_vocab[o] if 0 <= o < len(self.object_vocab) else None
-            out.append(content_words(scene, obj) if draw < self.joint.content_prompt else None)
-        return out
-
-    def context(
-        self, condition: torch.Tensor | None, n: int, contents: list[str | None] | None = None
-    ) -> dict[str, Any]:
-        """The UNet's conditioning for ``n`` images: the training prompt with c (N, Σ d_c) in the placeholder's
-        place — content and placeholder joined by ``joint.transfer_template`` where ``contents`` names content (as
-        the pipeline's emotion transfer joins them), else the template — or, with ``condition=None``, the empty
-        prompt (the diagnostic's control)."""
-        j = self.joint
-        if condition is None:
-            text = self.encoder.encode([""] * n)
-        else:
-            plain = j.template.format(j.placeholder)
-            joined = j.transfer_template
-            prompts = [
-                joined.format(content=c, placeholder=j.placeholder) if c else plain for c in contents or [None] * n
-            ]
-            text = self.encoder.encode(prompts, condition.to(self.weight_dtype))
-        context: dict[str, Any] = {"prompt_embeds": text["prompt_embeds"], "added": None}
-        if self.encoder.is_xl:
-            device = text["prompt_embeds"].device
-            context["added"] = {
-                "text_embeds": text["pooled_prompt_embeds"],
-                "time_ids": sdxl_time_ids(n, j.resolution, device, self.weight_dtype),
-            }
-        return context
-
-    def diffusion_term(self, latents: torch.Tensor, context: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
-        """L(θ) of ``latents`` (N, C, h, h) under ``context`` (:meth:`context`), noise and timesteps from ``gen``."""
-        return diffusion_loss(
-            self.unet, self.noise_scheduler, latents, context["prompt_embeds"], gen, context["added"]
-        )
-
-    def condition_term(self, model: UniEmoModel, condition: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """L_cond of c (B, Σ d_c) with emotion labels (B,), or None when ``joint.condition_loss`` is ``none``."""
-        j = self.joint
-        logits = model.condition_logits(condition) if j.condition_loss == "ce" else None
-        return condition_loss(j.condition_loss, condition, labels, j.condition_temperature, logits)
-
-
-def content_words(scene: str | None, obj: str | None) -> str | None:
-    """Content as a caption names it, without palette or emotion: "a forest with a tent", "a beach", "a boat"."""
-    if not scene and not obj:
-        return None
-    head = scene or obj
-    text = f"{'an' if head[0] in 'aeiou' else 'a'} {head}"
-    if scene and obj:
-        text += f" with {'an' if obj[0] in 'aeiou' else 'a'} {obj}"
-    return text

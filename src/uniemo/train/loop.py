@@ -1,17 +1,17 @@
-"""The training engine both stages run on: one setup and one loop, read top to bottom.
+"""What every training stage shares: opening a run, its batches, its updates, logs and checkpoints.
 
-A stage brings its model, its data and its step (a batch → the loss and its parts); the engine does the rest:
+Each stage writes its own loop (:mod:`.understanding`, :mod:`.joint`) with these:
 
 * :func:`open_run` — the run directory (refused if it already holds a run, unless resuming with a config that
   changes only :data:`RESUMABLE_CHANGES`), threads, the Accelerator and the seed;
 * :func:`training_loader` and :func:`adamw_cosine` — the batch split over processes and accumulation steps, AdamW
   with a linear warm-up and a cosine decay;
-* :class:`Trainer` — restore on resume, ``accelerator.prepare``, then :meth:`Trainer.fit`: micro-batches, gradient
-  accumulation, a finite-loss check, clipping, the optimiser and schedule step, running means logged every
-  ``log_every`` steps (TensorBoard and ``metrics.jsonl``), the stage's hook after every optimiser step, ``last/``
-  written atomically every ``save_every`` steps and on Ctrl-C with the optimiser, scheduler, RNG and
-  :class:`RunState` — where in which epoch the run is, so that a resumed run trains on exactly the batches the
-  interrupted one had not.
+* :class:`Trainer` — restore on resume and ``accelerator.prepare``; then :meth:`Trainer.batches` (epoch after epoch,
+  resuming mid-epoch), :meth:`Trainer.update` (the finite-loss check, backward, clipping, the optimiser and schedule
+  step, running means logged every ``log_every`` steps), :meth:`Trainer.due`, one :meth:`Trainer.log`
+  (TensorBoard and ``metrics.jsonl`` under the same keys) and one :meth:`Trainer.save` (a checkpoint directory
+  written atomically; ``last/`` with the optimiser, scheduler, RNG and :class:`RunState`, so that a resumed run
+  trains on exactly the batches the interrupted one had not).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,6 @@ RESUMABLE_CHANGES = {
     "joint.sampling_guidance",
     "joint.sampling_scheduler",
 }
-
-#: A stage's step: (micro-batch, run state) → (loss to back-propagate, its detached parts for logging).
-StepFn = Callable[[dict[str, Any], "RunState"], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
 class TrainingError(UniEmoError):
@@ -223,14 +220,33 @@ def adamw_cosine(groups: list[dict[str, Any]], optim: Any, total_steps: int) -> 
 
 
 class Trainer:
-    """Runs a stage's step to ``total_steps`` with the run's optimiser, saving and logging (the module docstring).
+    """What a stage's loop needs besides its model and its loss (the module docstring).
+
+    A stage writes its loop with it, the way accelerate's examples are written::
+
+        trainer = Trainer(run, "stage 1", model, optimizer, scheduler, loader, sampler, total_steps)
+        try:
+            for batch in trainer.batches():
+                with run.accelerator.accumulate(trainer.model):
+                    loss, parts = ...                      # the stage's forward and loss
+                    if not trainer.update(loss, parts):    # backward, clipping, optimiser and schedule step
+                        continue                           # (a micro-batch of an accumulation)
+                if trainer.due(eval_every):
+                    trainer.log({"val/accuracy": ...})
+                if trainer.due(save_every) and not trainer.done:
+                    trainer.save("last", meta)
+        except KeyboardInterrupt:
+            raise trainer.interrupted(meta) from None
 
     On construction: the state of ``last/`` is restored when resuming (weights, optimiser, scheduler, RNG, loss
-    scale, :class:`RunState`), the model, optimiser and loader are prepared for the Accelerator, and the main
-    process opens the run directory and its trackers. ``model`` is then the prepared model, ``unwrapped`` the
-    module itself; ``meta`` (the checkpoint's ``model.json``) must be set before the first save. ``last/`` is
-    written every ``save_every`` steps before the last (0: only on Ctrl-C and when the stage calls
-    :meth:`save_last`).
+    scale, :class:`RunState` with the stage's ``record``), the model, optimiser and loader are prepared for the
+    Accelerator, and the main process opens the run directory and its trackers. ``model`` is then the prepared
+    model, ``unwrapped`` the module itself.
+
+    Attributes:
+        record: what the stage keeps with the run, restored on resume (stage 1: the best validation accuracy and
+            its step; stage 2: the prior and the test accuracy before training).
+        seconds / steps_run: wall time and optimiser steps of this invocation's :meth:`batches`.
     """
 
     def __init__(
@@ -243,15 +259,13 @@ class Trainer:
         loader: Any,
         sampler: Any,
         total_steps: int,
-        save_every: int = 0,
-        values: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
         self.run, self.cfg, self.accelerator = run, run.cfg, run.accelerator
-        self.name, self.total_steps, self.save_every, self.sampler = name, total_steps, save_every, sampler
+        self.name, self.total_steps, self.sampler = name, total_steps, sampler
         self.train_set = loader.dataset
         self.micro_batch = loader.batch_size
-        self.state = RunState(values=dict(values or {}))
-        self.meta: dict[str, Any] = {}
+        self.state = RunState(values=dict(record or {}))
         self.config_yaml = config_yaml_text(self.cfg)
         if run.resume:
             load_weights(run.last_dir, model)
@@ -261,6 +275,7 @@ class Trainer:
                 self.accelerator.scaler.load_state_dict(scale)
             self.state = RunState.from_dict(counters)
             logger.info("resuming at step %d (epoch %d, batch %d)", *self.position())
+        self.record = self.state.values
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
         self.scheduler = scheduler
         self.unwrapped = self.accelerator.unwrap_model(self.model)
@@ -268,33 +283,33 @@ class Trainer:
         self._running: dict[str, float] = {}
         self._synced_batch = self.state.batch_in_epoch
         self.bar: Any = None
+        self.postfix: dict[str, str] = {}
         if run.is_main:
             run.out_dir.mkdir(parents=True, exist_ok=True)
             self.accelerator.init_trackers(name, config=flat_dict(config_to_dict(self.cfg)))
 
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken."""
+        return self.state.step
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
     def position(self) -> tuple[int, int, int]:
         return self.state.step, self.state.epoch, self.state.batch_in_epoch
 
-    def fit(
-        self,
-        step: StepFn,
-        after_step: Callable[[int], None] | None = None,
-        progress: bool = True,
-        postfix: dict[str, str] | None = None,
-    ) -> dict[str, float]:
-        """Trains until ``total_steps`` and returns the last logged means.
+    def batches(self, progress: bool = True, postfix: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """The training micro-batches until ``total_steps`` optimiser steps are taken, epoch after epoch; a resumed
+        run starts where the interrupted one left (mid-epoch: the micro-batches of every process already trained on
+        are left out). Micro-batches without a readable image are skipped (and counted).
 
         Args:
-            step: the stage's step on one micro-batch (called inside ``accelerator.accumulate``).
-            after_step: called with the step number after every optimiser step (evaluation, diagnostics).
             postfix: progress-bar label → logged key shown after each logging step.
-
-        Raises:
-            TrainingError: a non-finite loss (``last/`` keeps the last good state), or Ctrl-C (``last/`` is written
-                first; ``--resume`` continues from there).
         """
         state = self.state
-        self.model.train()
+        self.postfix = dict(postfix or {})
         self.bar = tqdm(
             total=self.total_steps,
             initial=state.step,
@@ -304,86 +319,75 @@ class Trainer:
         )
         start_time, start_step = time.perf_counter(), state.step
         try:
-            while state.step < self.total_steps:
-                # Resuming mid-epoch: the sampler leaves out the micro-batches of all processes already trained on.
-                self.sampler.begin_epoch(
-                    state.epoch, skip=state.batch_in_epoch * self.micro_batch * self.accelerator.num_processes
-                )
+            while not self.done:
+                skip = state.batch_in_epoch * self.micro_batch * self.accelerator.num_processes
+                self.sampler.begin_epoch(state.epoch, skip=skip)
                 self.train_set.begin_epoch(state.epoch)
                 for batch in self.loader:
-                    if self._train_on(batch, step) and self._after_optimiser_step(after_step, postfix or {}):
+                    state.batch_in_epoch += 1
+                    state.skipped_images += len(batch["bad"])
+                    if "pixel_values" in batch:  # else every image of the micro-batch was unreadable
+                        yield batch
+                    if self.done:
                         break
                 else:
                     state.epoch += 1
                     state.batch_in_epoch = self._synced_batch = 0
-        except KeyboardInterrupt:
-            self.bar.close()
-            state.batch_in_epoch = self._synced_batch  # micro-batches after the last optimiser step are redone
-            self.save_last()
-            where = self.run.last_dir
-            raise TrainingError(
-                f"interrupted at step {state.step}; the state is saved in {where}: add --resume to continue"
-            ) from None
         finally:
             self.bar.close()  # ends the progress line, so an error message starts on its own line
         self.seconds, self.steps_run = time.perf_counter() - start_time, state.step - start_step
-        return self.last_logs
 
-    def _train_on(self, batch: dict[str, Any], step: StepFn) -> bool:
-        """One micro-batch; True when it completed an optimiser step."""
+    def update(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> bool:
+        """Back-propagates a micro-batch's ``loss`` (inside ``accelerator.accumulate``) and, when it completes an
+        accumulation, clips the gradients, steps the optimiser and the schedule, counts the step and logs the
+        running means of ``parts`` every ``log_every`` steps and at the last. True when an optimiser step was taken.
+
+        Raises:
+            TrainingError: the loss is not finite (``last/`` keeps the last good state).
+        """
         acc, state = self.accelerator, self.state
-        state.batch_in_epoch += 1
-        state.skipped_images += len(batch["bad"])
-        if "pixel_values" not in batch:  # every image of the micro-batch was unreadable
-            return False
-        with acc.accumulate(self.model):
-            loss, parts = step(batch, state)
-            if not torch.isfinite(loss):
-                kept = f"the last good checkpoint is in {self.run.last_dir}"
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {state.step} "
-                    f"({kept if self.run.last_dir.exists() else 'no checkpoint yet'}); lower the learning rate "
-                    "(optim.lr, joint.mapper_lr) or use mixed_precision=no"
-                )
-            acc.backward(loss)
-            if acc.sync_gradients and self.cfg.optim.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-            self.optimizer.step()
-            if acc.sync_gradients:
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            parts["loss/total"] = loss.detach()
-        for key, value in parts.items():
+        if not torch.isfinite(loss):
+            kept = f"the last good checkpoint is in {self.run.last_dir}"
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {state.step} "
+                f"({kept if self.run.last_dir.exists() else 'no checkpoint yet'}); lower the learning rate "
+                "(optim.lr, joint.mapper_lr) or use mixed_precision=no"
+            )
+        acc.backward(loss)
+        if acc.sync_gradients and self.cfg.optim.max_grad_norm > 0:
+            acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+        self.optimizer.step()
+        if acc.sync_gradients:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for key, value in {**parts, "loss/total": loss.detach()}.items():
             self._running[key] = self._running.get(key, 0.0) + float(value)
         self._running["_n"] = self._running.get("_n", 0.0) + 1
-        return bool(acc.sync_gradients)
-
-    def _after_optimiser_step(self, after_step: Callable[[int], None] | None, postfix: dict[str, str]) -> bool:
-        """Counts the step, logs, runs the stage's hook and saves on schedule; True when training is done."""
-        state = self.state
+        if not acc.sync_gradients:
+            return False
         state.step += 1
         self._synced_batch = state.batch_in_epoch  # an interruption resumes after this batch
         self.bar.update(1)
-        step, done = state.step, state.step >= self.total_steps
-        if step % self.cfg.log_every == 0 or done:
+        if self.due(self.cfg.log_every) or self.done:
             n = self._running.pop("_n")
-            logs = {k: v / n for k, v in self._running.items()}
-            self.last_logs = dict(logs)
-            logs["lr"] = self.scheduler.get_last_lr()[-1]
-            self.log(logs, step)
-            self.bar.set_postfix({label: f"{logs[key]:.3f}" for label, key in postfix.items() if key in logs})
+            self.last_logs = {k: v / n for k, v in self._running.items()}
+            self.log({**self.last_logs, "lr": self.scheduler.get_last_lr()[-1]})
+            self.bar.set_postfix(
+                {k: f"{self.last_logs[key]:.3f}" for k, key in self.postfix.items() if key in self.last_logs}
+            )
             self._running = {}
-        if after_step is not None:
-            after_step(step)
-        if self.save_every and step % self.save_every == 0 and not done:
-            self.save_last()
-        return done
+        return True
 
-    def log(self, record: dict[str, Any], step: int) -> None:
-        """To the trackers (every process, as accelerate wants) and, on the main process, to ``metrics.jsonl``."""
-        self.accelerator.log(record, step=step)
+    def due(self, every: int | None) -> bool:
+        """Whether the step just taken is a multiple of ``every`` (never for 0 or None)."""
+        return bool(every) and self.state.step % every == 0
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Figures at the current step: to the trackers (every process, as accelerate wants) and, on the main
+        process, to ``metrics.jsonl``, under the same keys."""
+        self.accelerator.log(record, step=self.state.step)
         if self.run.is_main:
-            append_jsonl(self.run.out_dir / "metrics.jsonl", {"step": step, **record})
+            append_jsonl(self.run.out_dir / "metrics.jsonl", {"step": self.state.step, **record})
 
     def say(self, line: str) -> None:
         """A line for the user: above the progress bar while it runs, else to the log."""
@@ -392,16 +396,38 @@ class Trainer:
         else:
             logger.info(line)
 
-    def save_last(self, extra: dict[str, Any] | None = None) -> None:
-        """Writes ``last/`` atomically (weights, ``meta`` updated by ``extra``, config, training state); all wait."""
+    def share(self, value: Any) -> Any:
+        """The main process's ``value`` on every process (what only the main process measured)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
+
+    def save(self, name: str, meta: dict[str, Any]) -> None:
+        """Writes the checkpoint ``name/`` of the run atomically: the weights, ``meta`` as ``model.json`` and the
+        config; ``last/`` also gets the training state that ``--resume`` continues from. Every process waits."""
         if self.run.is_main:
-            counters = self.state.to_dict()
-            if self.accelerator.scaler is not None:  # fp16: the loss scale continues on resume
-                counters["grad_scaler"] = self.accelerator.scaler.state_dict()
-            with atomic_directory(self.run.last_dir) as tmp:
-                save_model(tmp, self.unwrapped, {**self.meta, **(extra or {})}, self.config_yaml)
-                save_training_state(tmp, self.optimizer, self.scheduler, counters)
+            with atomic_directory(self.run.out_dir / name) as tmp:
+                save_model(tmp, self.unwrapped, meta, self.config_yaml)
+                if name == "last":
+                    counters = self.state.to_dict()
+                    if self.accelerator.scaler is not None:  # fp16: the loss scale continues on resume
+                        counters["grad_scaler"] = self.accelerator.scaler.state_dict()
+                    save_training_state(tmp, self.optimizer, self.scheduler, counters)
         self.accelerator.wait_for_everyone()
+
+    def interrupted(self, meta: dict[str, Any]) -> TrainingError:
+        """After Ctrl-C: writes ``last/`` (the micro-batches after the last optimiser step are redone on resume)
+        and returns the error that tells the user how to continue."""
+        if self.bar is not None:
+            self.bar.close()
+        self.state.batch_in_epoch = self._synced_batch
+        self.save("last", meta)
+        return TrainingError(
+            f"interrupted at step {self.state.step}; the state is saved in {self.run.last_dir}: add --resume to "
+            "continue"
+        )
 
     def finish(self, summary: Any) -> Any:
         """Warns about skipped images, closes the trackers and writes ``summary.json`` (main process)."""

@@ -1,21 +1,19 @@
 """Stage 1: train the expert-query understanding model (METHOD §2) on the training engine (:mod:`.loop`).
 
-Read top to bottom: data → attribute text embeddings → model → optimiser → the step (L_U) and the validation hook
-(model selection on the validation split only) → summary. The engine writes ``last/`` atomically every
-``save_every`` steps (and on Ctrl-C) with the optimiser, scheduler and RNG states, so ``--resume`` continues the
-same run; the hook writes ``best/``.
+Read top to bottom: data → attribute text embeddings → model → optimiser → the loop (L_U on each batch; the
+validation accuracy every ``eval_every`` steps, a new best written to ``best/``; ``last/`` every ``save_every``
+steps and on Ctrl-C, with the optimiser, scheduler and RNG states, so that ``--resume`` continues the same run) →
+summary. Models are selected on the validation split only.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from uniemo.checkpoint import atomic_directory, save_model
 from uniemo.config import UnderstandingRunConfig
 from uniemo.data.datasets import EmotionImageDataset, label_counts, open_dataset
 from uniemo.data.transforms import ClipTransform
@@ -25,12 +23,11 @@ from uniemo.metrics.classification import classification_report
 from uniemo.models.configs import ExpertQueryConfig
 from uniemo.models.factory import encode_texts, load_clip_text, load_clip_vision
 from uniemo.models.understanding import ExpertQueryCLIP
-from uniemo.pipelines.classifier import checkpoint_meta, predict_dataset
+from uniemo.pipelines.classifier import predict_dataset
 from uniemo.train.loop import (
     Trainer,
     TrainingError,
     adamw_cosine,
-    append_jsonl,
     open_run,
     require,
     training_loader,
@@ -148,43 +145,50 @@ def train_understanding(cfg: UnderstandingRunConfig, resume: bool = False, progr
     loader, sampler, _, steps_per_epoch = training_loader(train_set, cfg, run.accelerator.num_processes)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
+    save_every = cfg.save_every or eval_every
     optimizer, scheduler = adamw_cosine(param_groups(model, cfg), cfg.optim, total_steps)
     if cfg.compile:
         model.compile()  # in place: the state dict keeps its names
-    best = {"best_val_accuracy": -1.0, "best_step": 0}
-    trainer = Trainer(
-        run, "stage 1", model, optimizer, scheduler, loader, sampler, total_steps, cfg.save_every or eval_every, best
+    classes = list(dataset.classes)
+    meta = model.checkpoint_meta(
+        classes, scene_vocab=scene_vocab, object_vocab=object_vocab, extra=stage1_extra(cfg, dataset, train_samples)
     )
-    extra = stage1_extra(cfg, dataset, train_samples)
-    trainer.meta = checkpoint_meta(trainer.unwrapped, list(dataset.classes), scene_vocab, object_vocab, extra)
+    best = {"best_val_accuracy": -1.0, "best_step": 0}
+    trainer = Trainer(run, "stage 1", model, optimizer, scheduler, loader, sampler, total_steps, record=best)
+    best = trainer.record  # restored on resume
     if run.is_main:
         logger.info(
             "stage 1: %d train / %d val images, %d classes, %s (%s), %d steps of batch %d (%d per epoch)",
-            *(len(train_set), len(val_set), len(dataset.classes), cfg.model.backbone, cfg.model.query_mode),
+            *(len(train_set), len(val_set), len(classes), cfg.model.backbone, cfg.model.query_mode),
             *(total_steps, cfg.optim.batch_size, steps_per_epoch),
         )
 
-    # ---- the step, the loop, the summary ------------------------------------------------------------------------
+    # ---- the loop: L_U on each batch; validation (model selection) every eval_every steps and at the last -------
     vocab = {"scene": trainer.unwrapped.scene_vocab_embeds, "object": trainer.unwrapped.object_vocab_embeds}
-
-    def step(batch: dict[str, Any], state: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = trainer.model(batch["pixel_values"])
-        loss, parts = understanding_loss(out, batch, vocab, cfg.loss, cfg.model.temperature)
-        parts["train/accuracy"] = (out.logits.argmax(-1) == batch["label"]).float().mean()
-        return loss, parts
-
-    validate = validation_hook(trainer, val_set, list(dataset.classes), eval_every)
-    trainer.fit(step, validate, progress, postfix={"loss": "loss/total", "acc": "train/accuracy"})
-    trainer.save_last()
-    values = trainer.state.values
-    if run.accelerator.num_processes > 1:  # selection happened on the main process: let every process report it
-        from accelerate.utils import broadcast_object_list
-
-        values.update(broadcast_object_list([{k: values[k] for k in best}])[0])
+    try:
+        for batch in trainer.batches(progress, postfix={"loss": "loss/total", "acc": "train/accuracy"}):
+            with run.accelerator.accumulate(trainer.model):
+                out = trainer.model(batch["pixel_values"])
+                loss, parts = understanding_loss(out, batch, vocab, cfg.loss, cfg.model.temperature)
+                parts["train/accuracy"] = (out.logits.argmax(-1) == batch["label"]).float().mean()
+                if not trainer.update(loss, parts):
+                    continue
+            if trainer.due(eval_every) or trainer.done:
+                accuracy = trainer.share(validation_accuracy(trainer, val_set, classes) if run.is_main else None)
+                trainer.log({"val/accuracy": accuracy})
+                if accuracy > best["best_val_accuracy"]:
+                    best.update(best_val_accuracy=accuracy, best_step=trainer.step)
+                    trainer.save("best", {**meta, "val_accuracy": accuracy, "step": trainer.step})
+                trainer.say(f"step {trainer.step}: val accuracy {accuracy:.2%} (best {best['best_val_accuracy']:.2%})")
+            if trainer.due(save_every) and not trainer.done:
+                trainer.save("last", meta)
+    except KeyboardInterrupt:
+        raise trainer.interrupted(meta) from None
+    trainer.save("last", meta)
     summary = TrainSummary(
-        best_val_accuracy=values["best_val_accuracy"],
-        best_step=values["best_step"],
-        steps=trainer.state.step,
+        best_val_accuracy=best["best_val_accuracy"],
+        best_step=best["best_step"],
+        steps=trainer.step,
         seconds=trainer.seconds,
         seconds_per_step=trainer.seconds / max(1, trainer.steps_run),
         skipped_images=trainer.state.skipped_images,
@@ -210,31 +214,16 @@ def stage1_extra(cfg: UnderstandingRunConfig, dataset: Any, train_samples: list)
     }
 
 
-def validation_hook(
-    trainer: Trainer, val_set: EmotionImageDataset, classes: list[str], eval_every: int
-) -> Callable[[int], None]:
-    """After every ``eval_every``-th step and the last: validation accuracy (TensorBoard ``val/accuracy``,
-    ``metrics.jsonl`` ``val_accuracy``); a new best is written to ``best/`` atomically (main process)."""
-    run, values = trainer.run, trainer.state.values
+def validation_accuracy(trainer: Trainer, val_set: EmotionImageDataset, classes: list[str]) -> float:
+    """The model's accuracy on the validation split (the one figure stage 1 selects its model by).
 
-    def validate(step: int) -> None:
-        if step % eval_every and step != trainer.total_steps:
-            return
-        if run.is_main:
-            probs, labels, _, bad = predict_dataset(
-                trainer.unwrapped, val_set, batch_size=trainer.micro_batch, num_workers=run.cfg.data.num_workers
-            )
-            if len(labels) == 0:
-                raise TrainingError(f"no readable image in the validation split ({len(bad)} skipped)")
-            accuracy = classification_report(probs.argmax(1), labels, classes).accuracy
-            run.accelerator.log({"val/accuracy": accuracy}, step=step)
-            append_jsonl(run.out_dir / "metrics.jsonl", {"step": step, "val_accuracy": accuracy})
-            if accuracy > values["best_val_accuracy"]:
-                values["best_val_accuracy"], values["best_step"] = accuracy, step
-                with atomic_directory(run.out_dir / "best") as tmp:
-                    meta = {**trainer.meta, "val_accuracy": accuracy, "step": step}
-                    save_model(tmp, trainer.unwrapped, meta, trainer.config_yaml)
-            trainer.say(f"step {step}: val accuracy {accuracy:.2%} (best {values['best_val_accuracy']:.2%})")
-        run.accelerator.wait_for_everyone()
-
-    return validate
+    Raises:
+        TrainingError: no image of the split is readable.
+    """
+    workers = trainer.cfg.data.num_workers
+    probs, labels, _, bad = predict_dataset(
+        trainer.unwrapped, val_set, batch_size=trainer.micro_batch, num_workers=workers
+    )
+    if len(labels) == 0:
+        raise TrainingError(f"no readable image in the validation split ({len(bad)} skipped)")
+    return classification_report(probs.argmax(1), labels, classes).accuracy
