@@ -41,7 +41,7 @@ def main() -> int:
 
     env = setup()
 
-    from uniemo.models.configs import ExpertQueryConfig
+    from uniemo.models.architecture import ExpertQueryConfig
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
     from uniemo.pipelines.classifier import EmotionClassifier

@@ -34,7 +34,7 @@ def build(size: str):
     """A UniEmoPipeline of random weights (real classes) with a random emotion space."""
     import torch
 
-    from uniemo.models.configs import ExpertQueryConfig, UniEmoConfig
+    from uniemo.models.architecture import ExpertQueryConfig, UniEmoConfig
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.placeholder import PromptEncoder

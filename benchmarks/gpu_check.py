@@ -130,7 +130,7 @@ def main() -> int:
 def _understanding_model(shapes: dict):
     import torch
 
-    from uniemo.models.configs import ExpertQueryConfig
+    from uniemo.models.architecture import ExpertQueryConfig
     from uniemo.models.factory import architecture_config, load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
 
@@ -206,7 +206,7 @@ def joint_check(shapes: dict, tools: dict, pipe, encoder, batch: int, iters: int
     from diffusers import DDPMScheduler
 
     from uniemo.config import JointConfig, LossConfig
-    from uniemo.models.configs import UniEmoConfig
+    from uniemo.models.architecture import UniEmoConfig
     from uniemo.models.uniemo import UniEmoModel
     from uniemo.train.joint import JointObjective
 

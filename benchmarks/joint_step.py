@@ -42,7 +42,7 @@ def build(size: str):
     from diffusers import DDPMScheduler
 
     from uniemo.config import JointConfig, LossConfig
-    from uniemo.models.configs import ExpertQueryConfig, UniEmoConfig
+    from uniemo.models.architecture import ExpertQueryConfig, UniEmoConfig
     from uniemo.models.diffusion import load_stable_diffusion
     from uniemo.models.factory import architecture_config, is_architecture_name, load_clip_vision
     from uniemo.models.placeholder import PromptEncoder

@@ -92,7 +92,7 @@ def test_attention_maps(trained_run, synth_dir):
     import numpy as np
 
     from uniemo.errors import UniEmoError
-    from uniemo.models.configs import ExpertQueryConfig
+    from uniemo.models.architecture import ExpertQueryConfig
     from uniemo.models.factory import load_clip_vision
     from uniemo.models.understanding import ExpertQueryCLIP
     from uniemo.visualize import attention_maps

@@ -1,5 +1,6 @@
 """The CLI as a user runs it: a real subprocess, real files, one-line errors."""
 
+import argparse
 import dataclasses
 import inspect
 import json
@@ -86,6 +87,42 @@ def test_options_take_their_defaults_from_the_library_configs():
     assert fields_from(SamplingConfig, parse(generate)) == SamplingConfig()
     args = parse([*generate, "--steps", "50", "--scheduler", "model", "--diversity", "0"])
     assert fields_from(SamplingConfig, args) == SamplingConfig(steps=50, scheduler="model", diversity=0.0)
+
+
+def test_each_option_reads_its_help_from_the_field():
+    """An option's help is its field's ``metadata["help"]`` (one place for the CLI and the docs); a field without
+    one is no option."""
+    from uniemo.cli.main import build_parser
+    from uniemo.data.synth import SynthConfig
+
+    def command(parser, path):
+        for name in path:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        return parser
+
+    configs = {("synth",): SynthConfig, ("train", "base"): BaseConfig, ("generate",): SamplingConfig}
+    configs |= {
+        ("evaluate", "conditioning"): ConditioningProbeConfig,
+        ("train", "emo-classifier"): EmoClassifierConfig,
+        ("evaluate", "generation"): GenerationMetricsConfig,
+        ("evaluate", "understanding"): UnderstandingEvalConfig,
+    }
+    for path, cls in configs.items():
+        actions = {a.dest: a for a in command(build_parser(), path)._actions if a.option_strings}
+        for f in dataclasses.fields(cls):
+            if "help" in f.metadata:
+                assert actions[f.name].help.startswith(f.metadata["help"]), (path, f.name)
+                assert actions[f.name].option_strings[0] == f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+            else:
+                assert f.name not in actions, (path, f.name)
+
+
+def test_models_lists_the_presets():
+    from uniemo.models.factory import list_models
+
+    r = uniemo("models")
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()] == list_models()
+    assert "The paper's default" in r.stdout
 
 
 def test_help_imports_no_torch():

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,19 @@ def test_parse_overrides_keeps_strings():
     assert parse_overrides(["model.backbone=openai/clip-vit-base-patch32"]) == {
         "model": {"backbone": "openai/clip-vit-base-patch32"}
     }
+
+
+def test_a_preset_sets_the_model_keys_a_config_leaves_out(tmp_path):
+    """``model.preset`` fills the model section's unset keys with the preset's; what a config sets wins."""
+    cfg = load_config(None, ["model.preset=uniemo-standin"])
+    assert cfg.model.backbone == "uniemo-standin" and (cfg.model.num_scene_queries, cfg.model.num_object_queries) == (
+        8,
+        8,
+    )
+    (tmp_path / "c.yaml").write_text("model:\n  preset: uniemo-vit-l-14\n  num_object_queries: 4\n")
+    cfg = load_config(tmp_path / "c.yaml", ["model.backbone=micro-clip"])
+    assert (cfg.model.backbone, cfg.model.num_scene_queries, cfg.model.num_object_queries) == ("micro-clip", 32, 4)
+    paper = load_config(None, ["model.preset=uniemo-vit-b-32"]).model
+    assert paper == dataclasses.replace(load_config(None).model, preset="uniemo-vit-b-32")  # the defaults
+    with pytest.raises(ConfigError, match="model.preset: unknown model 'vit-x'"):
+        load_config(None, ["model.preset=vit-x"])

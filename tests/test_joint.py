@@ -10,7 +10,7 @@ from tests.conftest import REPO, joint_overrides
 from uniemo.config import JointRunConfig, load_config
 from uniemo.errors import CheckpointError, ConfigError
 from uniemo.losses import diffusion_loss, supervised_contrastive
-from uniemo.models.configs import UniEmoConfig
+from uniemo.models.architecture import UniEmoConfig
 from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel

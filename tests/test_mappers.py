@@ -20,7 +20,7 @@ def test_mappers_follow_the_formula_for_every_encoder_at_once():
 
 
 def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):
-    from uniemo.models.configs import UniEmoConfig
+    from uniemo.models.architecture import UniEmoConfig
     from uniemo.models.uniemo import UniEmoModel
     from uniemo.pipelines.classifier import EmotionClassifier
 
@@ -41,7 +41,7 @@ def test_condition_norm_puts_each_encoders_part_at_its_token_norm(trained_run):
 
 
 def test_a_class_token_condition_reads_the_class_token_alone(trained_run):
-    from uniemo.models.configs import UniEmoConfig
+    from uniemo.models.architecture import UniEmoConfig
     from uniemo.models.uniemo import UniEmoModel
     from uniemo.pipelines.classifier import EmotionClassifier
 

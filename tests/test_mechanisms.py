@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 
 from uniemo.config import JointConfig, LossConfig
 from uniemo.losses import attribute_infonce, diffusion_loss, understanding_loss
-from uniemo.models.configs import ExpertQueryConfig, UniEmoConfig
+from uniemo.models.architecture import ExpertQueryConfig, UniEmoConfig
 from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.factory import architecture_config
 from uniemo.models.placeholder import PromptEncoder, sdxl_time_ids

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from uniemo.models.configs import ExpertQueryConfig
+from uniemo.models.architecture import ExpertQueryConfig
 from uniemo.models.factory import architecture_config, clip_tokenizer, encode_texts, list_architectures, load_clip_text
 from uniemo.models.understanding import ExpertQueryCLIP, default_stage_layers
 
@@ -242,7 +242,7 @@ def test_the_run_config_decides_the_architecture():
 
 def test_unified_model_round_trip(tmp_path):
     from tests.test_mechanisms import micro_understanding
-    from uniemo.models.configs import UniEmoConfig
+    from uniemo.models.architecture import UniEmoConfig
     from uniemo.models.uniemo import UniEmoModel
 
     torch.manual_seed(0)

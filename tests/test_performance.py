@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import REPO, joint_overrides, micro_overrides
 from uniemo.config import JointRunConfig, LossConfig, load_config
-from uniemo.models.configs import UniEmoConfig
+from uniemo.models.architecture import UniEmoConfig
 from uniemo.models.diffusion import stable_diffusion_15_architecture, tiny_stable_diffusion
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.understanding import ExpertQueryCLIP

@@ -19,7 +19,7 @@ from PIL import Image
 from tests.test_mechanisms import micro_understanding
 from uniemo.constants import EMOSET_EMOTIONS
 from uniemo.errors import ConfigError
-from uniemo.models.configs import UniEmoConfig
+from uniemo.models.architecture import UniEmoConfig
 from uniemo.models.diffusion import tiny_stable_diffusion
 from uniemo.models.emotion_space import emotion_space
 from uniemo.models.factory import STANDIN, standin_path

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from uniemo.errors import ConfigError
-from uniemo.models.configs import AlphaMode, ConditionFeatures, ExpertQueryConfig, QueryMode, UniEmoConfig
+from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
+from uniemo.errors import CheckpointError, ConfigError
+from uniemo.models.architecture import AlphaMode, ConditionFeatures, ExpertQueryConfig, QueryMode, UniEmoConfig
 
 _ARCH = ExpertQueryConfig()
 _UNIEMO = UniEmoConfig(condition_dims=())  # the defaults of what the unified model adds
@@ -58,6 +59,8 @@ class ModelConfig:
     """The understanding model (METHOD §2).
 
     Attributes:
+        preset: a model preset (``uniemo.models.list_models()``): the keys of this section a config does not set
+            are the preset's (its ``backbone`` and expert-query architecture); None: the defaults below.
         backbone: a CLIP checkpoint (hub id or local directory) or a named tiny architecture
             (``uniemo.models.list_architectures()``), randomly initialised.
         text_model: the frozen CLIP text tower that embeds scene/object names; ``None`` uses ``backbone``'s.
@@ -74,6 +77,7 @@ class ModelConfig:
         gradient_checkpointing: recompute vision layers in backward (less memory, about 30 % slower).
     """
 
+    preset: str | None = None
     backbone: str = "openai/clip-vit-base-patch32"
     text_model: str | None = None
     # the architecture's fields: their defaults are ExpertQueryConfig's (the one place they are written)
@@ -349,29 +353,53 @@ class FeedbackRunConfig(JointRunConfig):
 class BaseConfig:
     """Recipe of the stand-in models (the defaults are the shipped stand-in's)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed"})
     image_size: int = 32  # diffusion resolution (latents at half of it)
-    clip_steps: int = 1200
+    clip_steps: int = field(default=1200, metadata={"help": "contrastive CLIP steps"})
     clip_batch: int = 64
     clip_lr: float = 5e-4
     text_width: int = 32
-    vae_steps: int = 1000
+    vae_steps: int = field(default=1000, metadata={"help": "autoencoder steps"})
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 4000
+    unet_steps: int = field(default=4000, metadata={"help": "UNet steps"})
     unet_batch: int = 32
-    unet_lr: float = 4e-4
+    unet_lr: float = field(default=4e-4, metadata={"help": "UNet peak learning rate"})
     caption_dropout: float = 0.1
-    high_noise_share: float = 0.0  # this share of each UNet batch draws t from the noisiest 40 % of the timesteps
-    text_steps: int = 0  # > 0: SD's text encoder is a copy of the CLIP trained this many steps on hard negatives
-    text_lr: float = 3e-4
-    text_cues: str = "object"  # the cues SD's text encoder's hard negatives vary, comma-separated
-    clip_hard_steps: int = 0  # > 0: the CLIP itself (both towers) trained this many more steps on hard negatives
-    clip_hard_lr: float = 3e-4
-    clip_cues: str = "palette,scene,object"  # the cues the CLIP's hard negatives vary, in turn
-    clip_name_share: float = 0.25  # this share (≤ 0.5) of the CLIP's hard-negative texts is the varying cue's name
-    threads: int = 0
-    init: str | None = None  # continue from this stand-in: keep its CLIP, VAE and SD text encoder, train its UNet
+    high_noise_share: float = field(
+        default=0.0,
+        metadata={"help": "share of each UNet batch drawn from the noisiest 40 %% of the timesteps, 0: uniform"},
+    )
+    text_steps: int = field(
+        default=0,
+        metadata={
+            "help": "SD's text encoder: a copy of the CLIP trained this many steps on hard negatives (default 0: "
+            "the CLIP's text tower, or the continued stand-in's own encoder)"
+        },
+    )
+    text_lr: float = field(default=3e-4, metadata={"help": "its peak learning rate"})
+    text_cues: str = field(
+        default="object",
+        metadata={"help": "the cues its hard negatives vary, comma-separated (palette, scene, object)"},
+    )
+    clip_hard_steps: int = field(
+        default=0, metadata={"help": "train the CLIP itself (both towers) this many more steps on hard negatives"}
+    )
+    clip_hard_lr: float = field(default=3e-4, metadata={"help": "their peak learning rate"})
+    clip_cues: str = field(
+        default="palette,scene,object", metadata={"help": "the cues the CLIP's hard negatives vary, in turn"}
+    )
+    clip_name_share: float = field(
+        default=0.25, metadata={"help": "the share of their texts that is the varying cue's name alone"}
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads (default 0: torch's)"})
+    init: str | None = field(
+        default=None,
+        metadata={
+            "help": "keep this stand-in's CLIP, VAE and SD text encoder and train its UNet --unet-steps more",
+            "flag": "--continue-from",
+        },
+    )
 
 
 @dataclass
@@ -397,20 +425,24 @@ class GenerationMetricsConfig:
         batch_size: images per forward pass.
     """
 
-    emo_classifier: str | None = None
-    clip: str | None = None
-    fid_network: Literal["inception", "clip"] = "inception"
-    inception_weights: str | None = None
-    lpips_alexnet: str | None = None
-    lpips_linear: str | None = None
-    sem_classes: str = "dataset"
+    emo_classifier: str | None = field(
+        default=None, metadata={"help": "Emo-A classifier (`uniemo train emo-classifier`)"}
+    )
+    clip: str | None = field(default=None, metadata={"help": "CLIP for Sem-C/Sem-D (default: the Emo-A classifier's)"})
+    fid_network: Literal["inception", "clip"] = field(default="inception", metadata={"help": "FID's feature network"})
+    inception_weights: str | None = field(default=None, metadata={"help": "torch-fidelity's Inception-V3 weight file"})
+    lpips_alexnet: str | None = field(default=None, metadata={"help": "torchvision's AlexNet weight file for LPIPS"})
+    lpips_linear: str | None = field(default=None, metadata={"help": "LPIPS' linear-layer file (v0.1 alex.pth)"})
+    sem_classes: str = field(default="dataset", metadata={"help": "'dataset' or SCENES.txt,OBJECTS.txt (class names)"})
     template: str = "a photo of a {}."
-    pairs: int = 1000
-    seed: int = 0
-    split: str = "test"
-    legacy: bool = False
-    skip: tuple[str, ...] = ()
-    device: str = "cpu"
+    pairs: int = field(default=1000, metadata={"help": "image pairs per emotion for LPIPS/Sem-D"})
+    seed: int = field(default=0, metadata={"help": "seed of the pairs"})
+    split: str = field(default="test", metadata={"help": "FID reference split"})
+    legacy: bool = field(default=False, metadata={"help": "EmoGen's protocol (whole-dataset FID reference, …)"})
+    skip: tuple[str, ...] = field(
+        default=(), metadata={"help": "leave out fid, lpips, emo-a, sem-c or sem-d (repeatable)"}
+    )
+    device: str = field(default="cpu", metadata={"help": "where the networks run"})
     batch_size: int = 64
 
 
@@ -426,14 +458,18 @@ class EmoClassifierConfig:
         device: where CLIP runs.
     """
 
-    data_format: str = "auto"
-    fold: int = 0
-    epochs: int = 30
-    hidden: int = 512
-    lr: float = 1e-3
-    seed: int = 0
-    cache_dir: str | None = None
-    device: str = "cpu"
+    data_format: str = field(
+        default="auto", metadata={"help": "dataset layout (default: detected)", "flag": "--format"}
+    )
+    fold: int = field(default=0, metadata={"help": "cross-validation fold (Twitter)"})
+    epochs: int = field(default=30, metadata={"help": "training epochs of the head"})
+    hidden: int = field(default=512, metadata={"help": "hidden width of the two-layer head"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "feature cache directory (default: <out>-feature-cache)", "flag": "--cache"}
+    )
+    device: str = field(default="cpu", metadata={"help": "where CLIP runs"})
 
 
 @dataclass(frozen=True)
@@ -441,11 +477,13 @@ class UnderstandingEvalConfig:
     """Which images ``uniemo evaluate understanding`` reads and how (:func:`uniemo.evaluate.evaluate_understanding`
     takes its defaults from here)."""
 
-    split: str = "test"
-    data_format: str = "auto"
-    fold: int = 0
-    batch_size: int = 64
-    num_workers: int = 0
+    split: str = field(default="test", metadata={"help": "the split to evaluate"})
+    data_format: str = field(
+        default="auto", metadata={"help": "dataset layout (default: detected)", "flag": "--format"}
+    )
+    fold: int = field(default=0, metadata={"help": "cross-validation fold (Twitter)"})
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    num_workers: int = field(default=0, metadata={"help": "image-decoding worker processes", "flag": "--workers"})
 
 
 @dataclass(frozen=True)
@@ -454,11 +492,13 @@ class ConditioningProbeConfig:
     across emotions, each with ``draws`` fixed noise/timestep draws (:func:`uniemo.train.conditioning.
     diagnose_checkpoint` takes its defaults from here)."""
 
-    split: str = "val"
-    num_images: int = 128
-    draws: int = 6
-    seed: int = 0
-    device: str = "cpu"
+    split: str = field(default="val", metadata={"help": "held-out images to probe with"})
+    num_images: int = field(
+        default=128, metadata={"help": "probe images, taken evenly across emotions", "flag": "--images"}
+    )
+    draws: int = field(default=6, metadata={"help": "fixed noise/timestep draws per image"})
+    seed: int = field(default=0, metadata={"help": "seed of the probe"})
+    device: str = field(default="cpu", metadata={"help": "where the models run"})
 
 
 @dataclass(frozen=True)
@@ -467,12 +507,26 @@ class SamplingConfig:
     (the pipeline's ``__call__`` takes its defaults from here; None: the checkpoint's, else
     :data:`~uniemo.constants.DEFAULT_STEPS` / ``DEFAULT_GUIDANCE`` / ``DEFAULT_SCHEDULER``)."""
 
-    steps: int | None = None
-    guidance: float | None = None
-    scheduler: str | None = None
-    negative_prompt: str = ""
-    diversity: float = 1.0
-    seed: int = 0
+    steps: int | None = field(
+        default=None, metadata={"help": f"sampling steps (default: the checkpoint's, else {DEFAULT_STEPS})"}
+    )
+    guidance: float | None = field(
+        default=None,
+        metadata={"help": f"classifier-free guidance (default: the checkpoint's, else {DEFAULT_GUIDANCE})"},
+    )
+    scheduler: str | None = field(
+        default=None,
+        metadata={
+            "help": f"{DEFAULT_SCHEDULER} (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, "
+            "pndm, euler, euler-a, or 'model' (the diffusion model's own; the paper's setting is --scheduler model "
+            "--steps 50)"
+        },
+    )
+    negative_prompt: str = field(default="", metadata={"help": "what the images should not show (default: nothing)"})
+    diversity: float = field(
+        default=1.0, metadata={"help": "scale of the emotion space's spread (1: as trained; 0: its mean)"}
+    )
+    seed: int = field(default=0, metadata={"help": "image i uses seed + i"})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -591,7 +645,25 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Builds config dataclass ``cls`` from a (nested) dict, with every key and type checked."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+    model = values.get("model")
+    if isinstance(model, dict) and model.get("preset") is not None:
+        values = {**values, "model": {**preset_values(model["preset"]), **model}}
     return _build(cls, values)
+
+
+def preset_values(name: Any) -> dict[str, Any]:
+    """The ``model`` keys a preset sets: its backbone and expert-query architecture.
+
+    Raises:
+        ConfigError: ``name`` is not a preset.
+    """
+    from uniemo.models.factory import model_preset  # imports torch: only when a preset is named
+
+    try:
+        preset = model_preset(str(name))
+    except CheckpointError as err:
+        raise ConfigError(f"model.preset: {err}") from None
+    return {"backbone": preset["backbone"], **preset["expert_queries"]}
 
 
 def resolve_config_path(name: str) -> Path:

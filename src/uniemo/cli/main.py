@@ -25,7 +25,6 @@ from uniemo.config import (
     UnderstandingEvalConfig,
     resolve_config_path,
 )
-from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.errors import UniEmoError
 from uniemo.runtime import tune_allocator
 
@@ -304,6 +303,14 @@ def cmd_push_to_hub(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from uniemo.models.factory import list_models, model_preset
+
+    for name in list_models():
+        print(f"{name:<18} {model_preset(name)['description']}")
+    return 0
+
+
 def cmd_architectures(args: argparse.Namespace) -> int:
     from uniemo.models.factory import list_architectures
 
@@ -325,10 +332,7 @@ def _add_synth(sub: Any) -> None:
 
     p = sub.add_parser("synth", help="write the built-in dataset (EmoSet layout)")
     p.add_argument("dir", help="output directory")
-    helps = {"train": "training images", "val": "validation images", "test": "test images"}
-    helps |= {"resolution": "image side in pixels", "seed": "seed", "label_noise": "fraction of flipped labels"}
-    helps |= {"second_object_prob": "share of images with a second, smaller object", "jpeg_quality": "JPEG quality"}
-    add_fields(p, SynthConfig, helps)
+    add_fields(p, SynthConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     p.set_defaults(func=cmd_synth)
 
@@ -351,42 +355,14 @@ def _add_train(sub: Any) -> None:
     t = stages.add_parser("base", help="pre-train the stand-in CLIP and Stable Diffusion on the built-in dataset")
     t.add_argument("data", help="the built-in dataset (`uniemo synth DATA`)")
     t.add_argument("--out", required=True, help="output directory (clip/ and sd/ go there)")
-    helps = {
-        "seed": "seed",
-        "clip_steps": "contrastive CLIP steps",
-        "vae_steps": "autoencoder steps",
-        "unet_steps": "UNet steps",
-        "unet_lr": "UNet peak learning rate",
-        "high_noise_share": "share of each UNet batch drawn from the noisiest 40 %% of the timesteps, 0: uniform",
-        "text_steps": "SD's text encoder: a copy of the CLIP trained this many steps on hard negatives (default 0: "
-        "the CLIP's text tower, or the continued stand-in's own encoder)",
-        "text_lr": "its peak learning rate",
-        "text_cues": "the cues its hard negatives vary, comma-separated (palette, scene, object)",
-        "clip_hard_steps": "train the CLIP itself (both towers) this many more steps on hard negatives",
-        "clip_hard_lr": "their peak learning rate",
-        "clip_cues": "the cues the CLIP's hard negatives vary, in turn",
-        "clip_name_share": "the share of their texts that is the varying cue's name alone",
-        "init": "keep this stand-in's CLIP, VAE and SD text encoder and train its UNet --unet-steps more",
-        "threads": "torch threads (default 0: torch's)",
-    }
-    add_fields(t, BaseConfig, helps, flags={"init": "--continue-from"})
+    add_fields(t, BaseConfig)
     t.set_defaults(func=cmd_train_base)
 
     t = stages.add_parser("emo-classifier", help="the Emo-A classifier: a head on CLIP image embeddings (METHOD §7)")
     t.add_argument("data", help="dataset directory; the head trains on its training split")
     t.add_argument("--clip", required=True, help="pretrained CLIP: hub id, directory, or uniemo-standin")
     t.add_argument("--out", required=True, help="output directory")
-    helps = {
-        "data_format": "dataset layout (default: detected)",
-        "fold": "cross-validation fold (Twitter)",
-        "epochs": "training epochs of the head",
-        "hidden": "hidden width of the two-layer head",
-        "lr": "learning rate",
-        "seed": "seed",
-        "cache_dir": "feature cache directory (default: <out>-feature-cache)",
-        "device": "where CLIP runs",
-    }
-    add_fields(t, EmoClassifierConfig, helps, flags={"data_format": "--format", "cache_dir": "--cache"})
+    add_fields(t, EmoClassifierConfig)
     t.set_defaults(func=cmd_train_emo_classifier)
 
 
@@ -404,17 +380,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--prompt", default=None, help="content to transfer the emotion onto (e.g. 'a bench')")
     p.add_argument("--reference", default=None, metavar="IMAGE", help="evoke this image's feeling instead")
     p.add_argument("--num-images", type=int, default=4, help="images to make (default 4)")
-    helps = {
-        "steps": f"sampling steps (default: the checkpoint's, else {DEFAULT_STEPS})",
-        "guidance": f"classifier-free guidance (default: the checkpoint's, else {DEFAULT_GUIDANCE})",
-        "scheduler": f"{DEFAULT_SCHEDULER} (default; the shipped stand-in's own DDPM for it), unipc, ddim, ddpm, "
-        "pndm, euler, euler-a, or 'model' (the diffusion model's own; the paper's setting is --scheduler model "
-        "--steps 50)",
-        "negative_prompt": "what the images should not show (default: nothing)",
-        "diversity": "scale of the emotion space's spread (1: as trained; 0: its mean)",
-        "seed": "image i uses seed + i",
-    }
-    add_fields(p, SamplingConfig, helps)
+    add_fields(p, SamplingConfig)
     p.add_argument("--diffusion", default=None, help="use this diffusion model instead of the stored one")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     p.add_argument(
@@ -445,14 +411,7 @@ def _add_evaluate(sub: Any) -> None:
     e = kinds.add_parser("understanding", help="accuracy, per-class and 2-class accuracy, confusion matrix")
     _add_checkpoint(e, "a checkpoint or run directory, or a hub id (owner/name)")
     e.add_argument("--data", required=True, help="dataset directory (EmoSet, FI, EmotionROI, Twitter, folders)")
-    helps = {
-        "split": "the split to evaluate",
-        "data_format": "dataset layout (default: detected)",
-        "fold": "cross-validation fold (Twitter)",
-        "batch_size": "images per forward pass",
-        "num_workers": "image-decoding worker processes",
-    }
-    add_fields(e, UnderstandingEvalConfig, helps, flags={"data_format": "--format", "num_workers": "--workers"})
+    add_fields(e, UnderstandingEvalConfig)
     e.add_argument("--out", default=None, help="where report.json, confusion.png and predictions.csv go")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_understanding)
@@ -460,22 +419,7 @@ def _add_evaluate(sub: Any) -> None:
     e = kinds.add_parser("generation", help="FID, LPIPS, Emo-A, Sem-C, Sem-D of generated images (METHOD §7)")
     e.add_argument("--images", required=True, help="generated images in <emotion>/ sub-folders")
     e.add_argument("--reference", required=True, help="the real dataset (FID reference, Sem-C class names)")
-    helps = {
-        "split": "FID reference split",
-        "emo_classifier": "Emo-A classifier (`uniemo train emo-classifier`)",
-        "clip": "CLIP for Sem-C/Sem-D (default: the Emo-A classifier's)",
-        "fid_network": "FID's feature network",
-        "inception_weights": "torch-fidelity's Inception-V3 weight file",
-        "lpips_alexnet": "torchvision's AlexNet weight file for LPIPS",
-        "lpips_linear": "LPIPS' linear-layer file (v0.1 alex.pth)",
-        "sem_classes": "'dataset' or SCENES.txt,OBJECTS.txt (class names)",
-        "pairs": "image pairs per emotion for LPIPS/Sem-D",
-        "seed": "seed of the pairs",
-        "legacy": "EmoGen's protocol (whole-dataset FID reference, …)",
-        "skip": "leave out fid, lpips, emo-a, sem-c or sem-d (repeatable)",
-        "device": "where the networks run",
-    }
-    add_fields(e, GenerationMetricsConfig, helps)
+    add_fields(e, GenerationMetricsConfig)
     e.add_argument("--out", default=None, help="also write the report to this JSON file")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_generation)
@@ -483,14 +427,7 @@ def _add_evaluate(sub: Any) -> None:
     e = kinds.add_parser("conditioning", help="does the UNet use c? L(θ) with own, shuffled, mean c, empty prompt")
     _add_checkpoint(e, "a finished joint run or checkpoint, or a hub id (owner/name)")
     e.add_argument("--data", required=True, help="the dataset it was trained on")
-    helps = {
-        "split": "held-out images to probe with",
-        "num_images": "probe images, taken evenly across emotions",
-        "draws": "fixed noise/timestep draws per image",
-        "seed": "seed of the probe",
-        "device": "where the models run",
-    }
-    add_fields(e, ConditioningProbeConfig, helps, flags={"num_images": "--images"})
+    add_fields(e, ConditioningProbeConfig)
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_evaluate_conditioning)
 
@@ -540,7 +477,9 @@ def _add_tools(sub: Any) -> None:
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_push_to_hub)
 
-    p = sub.add_parser("architectures", help="list the built-in (random-init) CLIP architectures")
+    p = sub.add_parser("models", help="list the model presets (a CLIP backbone and its expert queries)")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("architectures", help="list the built-in CLIP architectures (random init, for tests)")
     p.set_defaults(func=cmd_architectures)
 
 

@@ -1,9 +1,9 @@
 """Command-line options made from a library's config dataclass, so that each default lives once: in the dataclass.
 
-``add_fields(parser, SynthConfig, {"train": "training images"})`` adds ``--train`` with ``SynthConfig.train``'s
-type and default (shown in the help); ``fields_from(SynthConfig, args)`` builds the dataclass back from the parsed
-arguments. Field types map to argparse as: ``bool`` → a switch, ``Literal[...]`` → choices, ``tuple[str, ...]``
-→ a repeatable option, ``X | None`` → ``X``.
+``add_fields(parser, SynthConfig)`` adds ``--train`` for ``train: int = field(default=4000, metadata={"help":
+"training images"})``, with the field's type, default (shown in the help) and help; ``fields_from(SynthConfig,
+args)`` builds the dataclass back from the parsed arguments. Field types map to argparse as: ``bool`` → a
+switch, ``Literal[...]`` → choices, ``tuple[str, ...]`` → a repeatable option, ``X | None`` → ``X``.
 """
 
 from __future__ import annotations
@@ -22,22 +22,18 @@ def _argument_type(kind: Any) -> Any:
     return kind
 
 
-def add_fields(
-    parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], flags: dict[str, str] | None = None
-) -> None:
-    """One option per entry of ``helps`` (field name → help text), typed and defaulted by ``cls``'s field.
-
-    Args:
-        parser: where the options go.
-        cls: a dataclass whose fields hold the defaults.
-        helps: the fields to expose, in order, with their help (``%`` written ``%%``, as argparse wants).
-        flags: a flag other than ``--field-name`` for some fields (e.g. ``{"init": "--continue-from"}``).
-    """
+def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of the dataclass ``cls`` that has a help text (``field(metadata={"help": …})``, the
+    ``HfArgumentParser`` way), in the order of the fields, typed and defaulted by the field; its flag is
+    ``--field-name``, or the field's ``metadata["flag"]`` (e.g. ``--continue-from``). A ``%`` in a help text is
+    written ``%%``, as argparse wants."""
     hints = typing.get_type_hints(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for name, text in helps.items():
-        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
-        kind, default = _argument_type(hints[name]), defaults[name]
+    for f in dataclasses.fields(cls):
+        text = f.metadata.get("help")
+        if text is None:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kind, default, name = _argument_type(hints[f.name]), f.default, f.name
         metavar = flag.lstrip("-").replace("-", "_").upper()
         if kind is bool:
             parser.add_argument(flag, dest=name, action="store_true", help=text)

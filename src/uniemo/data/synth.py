@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +96,14 @@ def emotion_of(scene: str, main_object: str, palette: str) -> str:
 class SynthConfig:
     """Options of :func:`write_synthetic_dataset`."""
 
-    train: int = 4000
-    val: int = 500
-    test: int = 1000
-    resolution: int = 64
-    seed: int = 0
-    label_noise: float = 0.05
-    second_object_prob: float = 0.15
-    jpeg_quality: int = 95
+    train: int = field(default=4000, metadata={"help": "training images"})
+    val: int = field(default=500, metadata={"help": "validation images"})
+    test: int = field(default=1000, metadata={"help": "test images"})
+    resolution: int = field(default=64, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    label_noise: float = field(default=0.05, metadata={"help": "fraction of flipped labels"})
+    second_object_prob: float = field(default=0.15, metadata={"help": "share of images with a second, smaller object"})
+    jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality"})
 
 
 def caption_of(scene: str | None, objects: tuple[str, ...], palette: str | None) -> str:

@@ -6,7 +6,7 @@ Presets are small JSON files in ``presets/`` (a CLIP backbone and the expert-que
 open_clip's model configs; ``create_model("uniemo-vit-b-32")`` builds the paper's default around the pretrained
 CLIP, ``create_model("runs/x/understanding")`` loads a trained one.
 
-Named architectures are small JSON files in ``model_configs/`` (``list_architectures()``), in the manner of
+Named architectures are small JSON files in ``clip_architectures/`` (``list_architectures()``), in the manner of
 open_clip's model configs. They build the real transformers classes (``CLIPVisionModel``,
 ``CLIPTextModelWithProjection``) at any size, so the demo and the tests run the same code as a real
 checkpoint. Their tokenizer is CLIP's real BPE tokenizer, built from the vocabulary shipped in
@@ -29,12 +29,12 @@ import torch
 
 from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
 from uniemo.errors import CheckpointError, ConfigError
-from uniemo.models.configs import ExpertQueryConfig
+from uniemo.models.architecture import ExpertQueryConfig
 from uniemo.models.understanding import ExpertQueryCLIP
 
 logger = logging.getLogger(__name__)
 
-_CONFIG_PACKAGE = "uniemo.models.model_configs"
+_CONFIG_PACKAGE = "uniemo.models.clip_architectures"
 _PRESET_PACKAGE = "uniemo.models.presets"
 _BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -185,8 +185,9 @@ def _random_vision(spec: str, seed: int) -> Any:
 
 
 def create_model(
-    name_or_path: str | Path,
+    name_or_path: str | Path | None = None,
     *,
+    backbone: str | None = None,
     pretrained: bool = True,
     num_classes: int = 8,
     attribute_dim: int | None = None,
@@ -199,13 +200,15 @@ def create_model(
 
     Args:
         name_or_path: a preset (:func:`list_models`): its CLIP backbone with new expert queries, Interactive Blocks
-            and head, the model stage 1 trains; or a checkpoint / run directory: the trained model it holds.
+            and head, the model stage 1 trains; or a checkpoint / run directory: the trained model it holds. None:
+            no preset (``backbone`` and the :class:`~uniemo.models.architecture.ExpertQueryConfig` defaults).
+        backbone: a CLIP spec (:func:`load_clip_vision`) in place of the preset's.
         pretrained: a preset's backbone with its pretrained weights (False: random weights of its architecture).
         num_classes: K of a preset's head.
         attribute_dim: d_t; default the backbone's projection width (its CLIP text embeddings' width).
         seed: seeds the new modules (and a random backbone).
         gradient_checkpointing: recompute encoder layers in backward.
-        **overrides: :class:`~uniemo.models.configs.ExpertQueryConfig` fields that replace the preset's
+        **overrides: :class:`~uniemo.models.architecture.ExpertQueryConfig` fields that replace the preset's
             (``query_mode="none"``, ``num_scene_queries=16`` …).
 
     Raises:
@@ -214,14 +217,17 @@ def create_model(
     """
 
     name = str(name_or_path)
-    if name not in list_models() and Path(name).expanduser().exists():
-        if overrides or not pretrained:
+    if name_or_path is not None and name not in list_models() and Path(name).expanduser().exists():
+        if overrides or backbone or not pretrained:
             raise ConfigError(f"{name} is a checkpoint: its architecture and weights are fixed (drop the options)")
         model = ExpertQueryCLIP.from_pretrained(name)
         model.gradient_checkpointing = gradient_checkpointing
         return model
-    preset = model_preset(name)
-    vision = load_clip_vision(preset["backbone"], seed) if pretrained else _random_vision(preset["backbone"], seed)
+    if name_or_path is None and backbone is None:
+        raise ConfigError("create_model needs a preset, a checkpoint or a backbone")
+    preset = model_preset(name) if name_or_path is not None else {"backbone": backbone, "expert_queries": {}}
+    backbone = backbone or preset["backbone"]
+    vision = load_clip_vision(backbone, seed) if pretrained else _random_vision(backbone, seed)
     sizes = {"num_classes": num_classes, "attribute_dim": attribute_dim or int(vision.config.projection_dim)}
     try:
         config = ExpertQueryConfig.from_dict({**preset["expert_queries"], **sizes, **overrides})

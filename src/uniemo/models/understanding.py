@@ -39,7 +39,7 @@ from uniemo.checkpoint import (
     save_model,
 )
 from uniemo.errors import CheckpointError
-from uniemo.models.configs import ExpertQueryConfig, QueryMode
+from uniemo.models.architecture import ExpertQueryConfig, QueryMode
 
 QUERY_MODES: tuple[QueryMode, ...] = get_args(QueryMode)
 
@@ -122,7 +122,7 @@ class ExpertQueryCLIP(nn.Module):
 
     Args:
         vision: a ``transformers.CLIPVisionModel`` (pretrained or random).
-        config: the expert-query architecture (:class:`~uniemo.models.configs.ExpertQueryConfig`); the model keeps
+        config: the expert-query architecture (:class:`~uniemo.models.architecture.ExpertQueryConfig`); the model keeps
             it as ``config`` with L₁ and L₂ resolved.
         gradient_checkpointing: recompute encoder layers in backward to save memory.
 

@@ -23,7 +23,7 @@ from torch import nn
 from uniemo.checkpoint import JOINT_KIND, atomic_directory, load_weights, read_meta, resolve_checkpoint, save_model
 from uniemo.errors import CheckpointError
 from uniemo.models.alpha import attribute_distribution, correlation_coefficient
-from uniemo.models.configs import AlphaMode, ConditionFeatures, UniEmoConfig
+from uniemo.models.architecture import AlphaMode, ConditionFeatures, UniEmoConfig
 from uniemo.models.emotion_space import sample_emotion_space
 from uniemo.models.mappers import ConditionMappers
 from uniemo.models.understanding import ExpertQueryCLIP
@@ -57,7 +57,7 @@ class UniEmoModel(nn.Module):
 
     Args:
         understanding: the stage-1 network.
-        config: what this model adds (:class:`~uniemo.models.configs.UniEmoConfig`: the condition widths, the
+        config: what this model adds (:class:`~uniemo.models.architecture.UniEmoConfig`: the condition widths, the
             mappers' width, α's mode, the condition head, τ, the feature bank, the condition norms).
     """
 

@@ -24,7 +24,7 @@ from uniemo.data.datasets import EmotionImageDataset, Sample, collate, open_data
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError, DataError
 from uniemo.metrics.classification import classification_report
-from uniemo.models.configs import UniEmoConfig
+from uniemo.models.architecture import UniEmoConfig
 from uniemo.models.diffusion import load_stable_diffusion
 from uniemo.models.emotion_space import emotion_space
 from uniemo.models.placeholder import PromptEncoder

@@ -56,6 +56,7 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "compile",
     "model.gradient_checkpointing",
+    "model.preset",  # a name for the model keys it sets; those are compared
     "joint.gradient_checkpointing",
     "joint.feature_cache",
     "joint.diagnostic_images",

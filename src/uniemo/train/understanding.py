@@ -8,6 +8,7 @@ summary. Models are selected on the validation split only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,10 @@ import torch
 from uniemo.config import UnderstandingRunConfig
 from uniemo.data.datasets import EmotionImageDataset, label_counts, open_dataset
 from uniemo.data.transforms import ClipTransform
-from uniemo.errors import ConfigError
 from uniemo.losses import understanding_loss
 from uniemo.metrics.classification import classification_report
-from uniemo.models.configs import ExpertQueryConfig
-from uniemo.models.factory import encode_texts, load_clip_text, load_clip_vision
+from uniemo.models.architecture import ExpertQueryConfig
+from uniemo.models.factory import create_model, encode_texts, load_clip_text
 from uniemo.models.understanding import ExpertQueryCLIP
 from uniemo.pipelines.classifier import predict_dataset
 from uniemo.train.loop import (
@@ -83,14 +83,22 @@ def param_groups(model: ExpertQueryCLIP, cfg: Any) -> list[dict[str, Any]]:
 
 
 def build_model(cfg: UnderstandingRunConfig, num_classes: int, attribute_dim: int, vocab_sizes: tuple[int, int]):
-    """The :class:`ExpertQueryCLIP` a config describes (backbone loaded or randomly initialised)."""
-    vision = load_clip_vision(cfg.model.backbone, seed=cfg.seed)
-    sizes = {"num_scene_names": vocab_sizes[0], "num_object_names": vocab_sizes[1]}
-    try:
-        arch = ExpertQueryConfig.fields_of(cfg.model, num_classes=num_classes, attribute_dim=attribute_dim, **sizes)
-        return ExpertQueryCLIP(vision, arch, gradient_checkpointing=cfg.model.gradient_checkpointing)
-    except ValueError as err:
-        raise ConfigError(f"model config: {err}") from None
+    """The :class:`ExpertQueryCLIP` a run config describes, by :func:`~uniemo.models.factory.create_model`: the
+    ``model`` section's preset, backbone and architecture fields, the label set and the vocabularies' sizes."""
+    arch = {
+        f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ExpertQueryConfig) if hasattr(cfg.model, f.name)
+    }
+    return create_model(
+        cfg.model.preset,
+        backbone=cfg.model.backbone,
+        num_classes=num_classes,
+        attribute_dim=attribute_dim,
+        seed=cfg.seed,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        num_scene_names=vocab_sizes[0],
+        num_object_names=vocab_sizes[1],
+        **arch,
+    )
 
 
 def attribute_embeddings(
