@@ -171,11 +171,14 @@ def test_prompt_for_places_the_placeholder_once(pipe):
         pipe.prompt_for("word " * 80)
 
 
-def test_default_scheduler_is_the_standins_own_and_dpm_elsewhere():
+def test_default_scheduler_is_the_standins_own_and_dpm_elsewhere(tmp_path):
     assert default_scheduler(STANDIN) == "model"
     assert default_scheduler(str(standin_path("sd"))) == "model"  # the stand-in by its path, as a checkpoint stores it
     assert default_scheduler("runwayml/stable-diffusion-v1-5") == "dpm++"
     assert default_scheduler(None) == "dpm++"
+    index = json.loads((standin_path("sd") / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if k[0] != "_"}))
+    assert default_scheduler(str(tmp_path)) == "dpm++"  # a diffusers directory that names no sampler of its own
 
 
 # ---- the images --------------------------------------------------------------------------------------------------

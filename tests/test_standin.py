@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from uniemo.data.synth import caption_of
 from uniemo.errors import ConfigError
 from uniemo.models.factory import STANDIN, standin_path
+from uniemo.pipelines.generation import default_scheduler
 from uniemo.train.base import (
     BaseConfig,
     draw_timesteps,
@@ -75,6 +76,7 @@ def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_p
     assert len(CLIPTokenizer.from_pretrained(tmp_path / "base" / "clip")) == 49408
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base" / "sd", dtype=torch.float32)
     assert pipe.vae.config.scaling_factor == pytest.approx(info["vae_scaling_factor"])
+    assert default_scheduler(str(tmp_path / "base" / "sd")) == "model"  # a stand-in names its own DDPM
     # the diffusion model's text encoder is the CLIP's text tower
     torch.testing.assert_close(
         pipe.text_encoder.get_input_embeddings().weight, clip.text_model.get_input_embeddings().weight

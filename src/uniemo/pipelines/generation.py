@@ -27,13 +27,13 @@ from PIL import Image
 from uniemo import hub
 from uniemo.checkpoint import CONFIG_FILE, SAVED_DIFFUSION, atomic_directory, resolve_checkpoint, save_model
 from uniemo.config import SamplingConfig
-from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
+from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, PREFERRED_SCHEDULER
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError
 from uniemo.models.diffusion import load_stable_diffusion
 from uniemo.models.emotion_space import fuse_conditions
-from uniemo.models.factory import STANDIN, standin_path
+from uniemo.models.factory import resolve_spec
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel
 from uniemo.runtime import default_device
@@ -43,11 +43,16 @@ _SAMPLING = SamplingConfig()  # the defaults of __call__'s sampling settings
 
 
 def default_scheduler(diffusion: str | None) -> str:
-    """The sampler used when none is named, for the diffusion model ``diffusion`` (a spec or path):
-    :data:`DEFAULT_SCHEDULER`, except for the shipped stand-in, whose own DDPM did better on the demo's joint
-    model (256 images, 25 steps: FID on CLIP features 6.91 vs 11.72, Emo-A 16.8 % vs 12.9 % with DPM-Solver++)."""
-    standin = diffusion is not None and (diffusion == STANDIN or Path(diffusion) == standin_path("sd"))
-    return "model" if standin else DEFAULT_SCHEDULER
+    """The sampler used when none is named, for the diffusion model ``diffusion`` (a spec or path): the one its
+    directory names in ``model_index.json`` as ``_uniemo_scheduler`` (``uniemo train base`` writes ``model`` for the
+    stand-in, whose own DDPM samples it better), else :data:`DEFAULT_SCHEDULER`."""
+    if diffusion is None:
+        return DEFAULT_SCHEDULER
+    try:
+        index = json.loads((Path(resolve_spec(diffusion, "sd")) / "model_index.json").read_text())
+    except (OSError, ValueError):  # a hub id, or no diffusers directory
+        return DEFAULT_SCHEDULER
+    return str(index.get(PREFERRED_SCHEDULER, DEFAULT_SCHEDULER))
 
 
 #: Scheduler names accepted by ``scheduler=`` / ``--scheduler`` → diffusers class (``model``: the diffusion

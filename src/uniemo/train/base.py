@@ -39,7 +39,7 @@ from PIL import Image
 
 from uniemo.checkpoint import atomic_directory
 from uniemo.config import BaseConfig
-from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE
+from uniemo.constants import CLIP_SPECIAL_TOKEN_IDS, CLIP_VOCAB_SIZE, PREFERRED_SCHEDULER
 from uniemo.data.datasets import open_dataset
 from uniemo.data.images import load_image
 from uniemo.data.synth import caption_of
@@ -498,6 +498,10 @@ def _save_standin(out: Path, clip: Any, pipe: Any, info: dict[str, Any]) -> None
         pipe.to(torch.float16)
         pipe.save_pretrained(tmp / "sd")
         pipe.to(torch.float32)
+        index = json.loads((tmp / "sd" / "model_index.json").read_text())  # its own DDPM samples it best
+        (tmp / "sd" / "model_index.json").write_text(
+            json.dumps({**index, PREFERRED_SCHEDULER: "model"}, indent=2) + "\n"
+        )
         save_clip_tokenizer(tmp / "sd" / "tokenizer")
         (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("stand-in saved to %s", out)
