@@ -294,3 +294,20 @@ def test_a_continued_run_starts_from_the_moments_it_finished_with(synth_dir, tra
     other = torch.optim.AdamW(params)
     assert not load_optimizer_moments(joint_run / "last", other) and not other.state
     assert not load_optimizer_moments(trained_run / "best", other)  # no training state there
+
+
+def test_both_stages_train_in_training_mode(synth_dir, trained_run, tmp_path, monkeypatch):
+    """The stage-1 model arrives from its checkpoint in eval mode; every training forward runs in training mode
+    (gradient checkpointing and any dropout work only there), and evaluation in between leaves it so."""
+    modes = []
+    real = UniEmoModel.forward
+
+    def spy(self, *args, **kwargs):
+        modes.append(self.training and self.understanding.training)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(UniEmoModel, "forward", spy)
+    # the conditioning diagnostic (which runs the model in eval mode, on purpose) off: the spy sees training only
+    cfg = _config(synth_dir, trained_run, tmp_path / "j", "eval_every=2", "joint.diagnostic_images=0", steps=4)
+    train_joint(cfg, progress=False)
+    assert modes == [True] * 4

@@ -33,7 +33,9 @@ def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         if text is None:
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        kind, default, name = _argument_type(hints[f.name]), f.default, f.name
+        kind = _argument_type(hints[f.name])
+        default = f.default
+        name = f.name
         metavar = flag.lstrip("-").replace("-", "_").upper()
         if kind is bool:
             parser.add_argument(flag, dest=name, action="store_true", help=text)

@@ -341,7 +341,11 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     """
 
     def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.size, self.seed, self.shuffle, self.epoch, self.skip = size, seed, shuffle, 0, 0
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip = 0
 
     def begin_epoch(self, epoch: int, skip: int = 0) -> None:
         """Selects epoch ``epoch``'s order, leaving out its first ``skip`` samples (already trained on)."""
@@ -386,7 +390,9 @@ class EmotionImageDataset(torch.utils.data.Dataset):
         self.draft_size = draft_size(transform.image_size, diffusion_size)
         self.scene_index = {n: i for i, n in enumerate(scene_vocab or [])}
         self.object_index = {n: i for i, n in enumerate(object_vocab or [])}
-        self.seed, self.epoch, self.on_bad_image = seed, 0, on_bad_image
+        self.seed = seed
+        self.epoch = 0
+        self.on_bad_image = on_bad_image
 
     def begin_epoch(self, epoch: int) -> None:
         """Selects the epoch whose augmentation and object draws ``__getitem__`` reproduces."""

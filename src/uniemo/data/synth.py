@@ -122,7 +122,9 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int 
 
 def _draw_scene(draw: ImageDraw.ImageDraw, scene: str, size: int, pal: dict, rng: np.random.Generator) -> None:
     s = size
-    sky, ground, accent = _jitter(rng, pal["sky"]), _jitter(rng, pal["ground"]), _jitter(rng, pal["accent"])
+    sky = _jitter(rng, pal["sky"])
+    ground = _jitter(rng, pal["ground"])
+    accent = _jitter(rng, pal["accent"])
     horizon = int(s * rng.uniform(0.45, 0.6))
     draw.rectangle([0, 0, s, s], fill=sky)
     if scene == "beach":  # sea band, sand, a sun

@@ -60,7 +60,9 @@ class _Stages:
     """Runs named stages with timing, skipping those whose recorded settings match."""
 
     def __init__(self, out: Path, force: bool) -> None:
-        self.out, self.force, self.start = out, force, time.perf_counter()
+        self.out = out
+        self.force = force
+        self.start = time.perf_counter()
         self.state_file = out / "demo-state.json"
         self.state: dict[str, Any] = (
             {} if force or not self.state_file.is_file() else json.loads(self.state_file.read_text())
@@ -154,8 +156,12 @@ def _generation(demo: _Demo) -> dict[str, Any]:
     from uniemo.metrics.judge import judge_for
     from uniemo.metrics.networks import train_emotion_classifier
 
-    s, stages, data = demo.settings, demo.stages, demo.path("data")
-    clf_dir, judge_dir, gen_dir = demo.path("emo-classifier"), demo.path("judge"), demo.path("generation")
+    s = demo.settings
+    stages = demo.stages
+    data = demo.path("data")
+    clf_dir = demo.path("emo-classifier")
+    judge_dir = demo.path("judge")
+    gen_dir = demo.path("generation")
     if not (stages.done("emo-classifier", s["synth"]) and (clf_dir / "model.json").is_file()):
         stages.record("emo-classifier", s["synth"], train_emotion_classifier(data, STANDIN_CLIP, clf_dir, seed=0))
     judge_settings = {**s["synth"], "judge_steps": s["judge_steps"]}
@@ -303,7 +309,9 @@ def run_demo(out: Path, fast: bool = False, force: bool = False) -> dict[str, An
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """What ``uniemo demo`` prints at the end: each stage's headline figure, from :func:`run_demo`'s result."""
-    joint, generation, feedback = result["joint"], result["generation"], result["feedback"]
+    joint = result["joint"]
+    generation = result["generation"]
+    feedback = result["feedback"]
     chance = 1 / len(result["classes"])
     lines = [
         f"understanding (built-in dataset, not EmoSet): test accuracy {result['accuracy']:.2%} on "

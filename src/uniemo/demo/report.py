@@ -134,7 +134,9 @@ def write_report(out: Path, mode: str) -> Path:
 
 
 def _summary_html(evaluation: dict[str, Any], joint: dict[str, Any], generation: dict[str, Any]) -> str:
-    emo, n, control = generation["emo-a"], evaluation["num_samples"], joint["control"]
+    emo = generation["emo-a"]
+    n = evaluation["num_samples"]
+    control = joint["control"]
     rows = [
         ["understanding: test accuracy", _pct(evaluation["accuracy"]), n],
         ["understanding: 2-class accuracy", _pct(evaluation["sentiment_accuracy"]), n],
@@ -216,7 +218,9 @@ def _headline(generation: dict[str, Any], chance: float) -> str:
         head += f" (that head on real test images: {_pct(emo['real_test'])})"
     if not judge:
         return f"<p class=big>{head}, chance {_pct(chance)}, N = {emo['n']} images.</p>"
-    e, real, oracle = judge["emotions"], judge["real"], judge["oracle"]
+    e = judge["emotions"]
+    real = judge["real"]
+    oracle = judge["oracle"]
     return (
         f"<p class=big>Emo-A of the generated images by the attribute judge: <b>{_ci(e)}</b> — chance "
         f"{_pct(chance)}, the judge on real test images {_pct(real['emotion'])}, the oracle {_pct(oracle['emo_a'])}; "

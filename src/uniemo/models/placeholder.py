@@ -33,7 +33,9 @@ class PlaceholderInjector:
     """
 
     def __init__(self, text_encoder: Any, tokenizer: Any, placeholder: str = "<emotion>") -> None:
-        self.text_encoder, self.tokenizer, self.placeholder = text_encoder, tokenizer, placeholder
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.placeholder = placeholder
         if placeholder not in tokenizer.get_vocab():
             tokenizer.add_tokens([placeholder])
         self.token_id = tokenizer.convert_tokens_to_ids(placeholder)

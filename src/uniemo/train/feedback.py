@@ -315,7 +315,9 @@ def _run_variant(
     f = cfg.feedback
     folder = out / "variants" / name
     folder.mkdir(parents=True, exist_ok=True)
-    extra_file, kept, added = None, 0, 0
+    extra_file = None
+    kept = 0
+    added = 0
     if name != BASELINE:
         chosen = select_images(scored["emo"], scored["sem"], scored["groups"], f.eta, f.delta, name)
         kept = len(chosen)

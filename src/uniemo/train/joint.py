@@ -378,7 +378,9 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
 
     # ---- models and data --------------------------------------------------------------------------------------
     start = build_joint_model(cfg, cfg.seed)
-    model, encoder, data = start.model, start.encoder, joint_data(cfg, start)
+    model = start.model
+    encoder = start.encoder
+    data = joint_data(cfg, start)
     noise_scheduler, weight_dtype = freeze_diffusion(start, run.accelerator.device, cfg.mixed_precision)
     if cfg.optim.backbone_lr_scale == 0:
         model.understanding.vision.requires_grad_(False)

@@ -262,8 +262,12 @@ class Trainer:
         total_steps: int,
         record: dict[str, Any] | None = None,
     ) -> None:
-        self.run, self.cfg, self.accelerator = run, run.cfg, run.accelerator
-        self.name, self.total_steps, self.sampler = name, total_steps, sampler
+        self.run = run
+        self.cfg = run.cfg
+        self.accelerator = run.accelerator
+        self.name = name
+        self.total_steps = total_steps
+        self.sampler = sampler
         self.train_set = loader.dataset
         self.micro_batch = loader.batch_size
         self.state = RunState(values=dict(record or {}))
@@ -280,7 +284,9 @@ class Trainer:
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
         self.scheduler = scheduler
         self.unwrapped = self.accelerator.unwrap_model(self.model)
-        self.seconds, self.steps_run, self.last_logs = 0.0, 0, {}
+        self.seconds = 0.0
+        self.steps_run = 0
+        self.last_logs: dict[str, float] = {}
         self._running: dict[str, float] = {}
         self._synced_batch = self.state.batch_in_epoch
         self.bar: Any = None
@@ -311,6 +317,7 @@ class Trainer:
         """
         state = self.state
         self.postfix = dict(postfix or {})
+        self.model.train()
         self.bar = tqdm(
             total=self.total_steps,
             initial=state.step,
