@@ -163,18 +163,19 @@ def test_generate_cli(joint_run, tmp_path):
 
 
 def test_checkpoint_carries_its_sampling_defaults_to_every_entry_point(joint_run, pipe, tmp_path):
-    """What a user gets without flags is what the checkpoint was measured best with (tiny-joint: guidance 3),
-    from Python, the command line and the web app alike; an explicit value still wins."""
+    """What a user gets without flags is what the checkpoint was measured best with (tiny-joint: guidance 3,
+    diversity 0.5), from Python, the command line and the web app alike; an explicit value still wins."""
     meta = json.loads((joint_run / "last" / "model.json").read_text())
-    assert meta["sampling"] == {"guidance": 3.0}
-    assert pipe.sampling_defaults == {"steps": 25, "guidance": 3.0, "scheduler": "dpm++"}
+    assert meta["sampling"] == {"guidance": 3.0, "diversity": 0.5}
+    assert pipe.sampling_defaults == {"steps": 25, "guidance": 3.0, "scheduler": "dpm++", "diversity": 0.5}
     quick = pipe("awe", num_images=1, steps=2)
-    assert quick.settings.guidance == 3.0
+    assert quick.settings.guidance == 3.0 and quick.settings.diversity == 0.5
     assert pipe("awe", num_images=1, steps=2, guidance=7.5).settings.guidance == 7.5
+    assert pipe("awe", num_images=1, steps=2, diversity=1.0).settings.diversity == 1.0
     r = uniemo("generate", "--checkpoint", joint_run, "--emotion", "awe", "--steps", 2, "--out", tmp_path / "g")
     assert r.returncode == 0, r.stderr
     settings = json.loads((tmp_path / "g" / "settings.json").read_text())
-    assert settings["guidance"] == 3.0 and settings["scheduler"] == "dpm++"
+    assert settings["guidance"] == 3.0 and settings["scheduler"] == "dpm++" and settings["diversity"] == 0.5
     cli_image = np.asarray(Image.open(tmp_path / "g" / "awe_000.png"), dtype=np.int16)
     assert np.array_equal(cli_image, _pixels(quick.images)[0])
     from uniemo.app import build_app

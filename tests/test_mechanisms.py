@@ -337,7 +337,7 @@ def test_the_ce_condition_loss_reads_c_with_the_frozen_stage1_head_or_its_own(ge
     torch.testing.assert_close(loss, 0.3 * F.cross_entropy(model.condition_logits(cond), batch["label"]))
 
 
-def test_the_models_bank_gives_real_triples_and_diversity_zero_the_mean():
+def test_the_models_bank_gives_real_triples_and_diversity_moves_them_to_the_mean():
     from uniemo.models.emotion_space import emotion_space
 
     model = micro_model(space_bank=3)
@@ -352,6 +352,11 @@ def test_the_models_bank_gives_real_triples_and_diversity_zero_the_mean():
         assert torch.equal(drawn["object"][j], feats["object"][index])
     mean = model.sample_features(torch.tensor([2]), torch.Generator().manual_seed(0), diversity=0.0)
     torch.testing.assert_close(mean["cls"][0], feats["cls"][labels == 2].mean(0))
+    # diversity moves the real triple towards the mean: halfway at 0.5, the same image as at 1
+    half = model.sample_features(torch.tensor([2, 5]), torch.Generator().manual_seed(0), diversity=0.5)
+    for name in ("cls", "scene", "object"):
+        means = torch.stack([feats[name][labels == k].mean(0) for k in (2, 5)])
+        torch.testing.assert_close(half[name], (means + drawn[name]) / 2)
 
 
 def test_label_smoothing_enters_the_cross_entropy():

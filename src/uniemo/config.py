@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
+from uniemo.constants import DEFAULT_DIVERSITY, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from uniemo.errors import CheckpointError, ConfigError
 from uniemo.models.architecture import AlphaMode, ConditionFeatures, ExpertQueryConfig, QueryMode, UniEmoConfig
 
@@ -227,11 +227,12 @@ class JointConfig:
             against 87 % [80, 92] and 85 % for ``"{content}, {placeholder}"`` (checkpoints written before this
             setting existed keep that one).
         space_bank: M, real (cls, s, o) feature sets of training images kept per emotion; generation then samples
-            one of them instead of the paper's per-emotion diagonal Gaussian (0).
-        sampling_steps / sampling_guidance / sampling_scheduler: the sampling defaults the checkpoint carries
-            (what ``UniEmoPipeline``, ``uniemo generate`` and the web app use when not told otherwise: the settings
-            measured best for this diffusion model); None: 25 steps, guidance 7.5, DPM-Solver++ (the stand-in: its
-            own scheduler).
+            one of them (moved towards the emotion's mean by the diversity) instead of the paper's per-emotion
+            diagonal Gaussian (0).
+        sampling_steps / sampling_guidance / sampling_scheduler / sampling_diversity: the sampling defaults the
+            checkpoint carries (what ``UniEmoPipeline``, ``uniemo generate`` and the web app use when not told
+            otherwise: the settings measured best for this model); None: 25 steps, guidance 7.5, DPM-Solver++ (or
+            the sampler the diffusion model names as its own), diversity 1.
     """
 
     understanding: str = ""
@@ -266,6 +267,7 @@ class JointConfig:
     sampling_steps: int | None = None
     sampling_guidance: float | None = None
     sampling_scheduler: str | None = None
+    sampling_diversity: float | None = None
 
 
 @dataclass
@@ -523,8 +525,12 @@ class SamplingConfig:
         },
     )
     negative_prompt: str = field(default="", metadata={"help": "what the images should not show (default: nothing)"})
-    diversity: float = field(
-        default=1.0, metadata={"help": "scale of the emotion space's spread (1: as trained; 0: its mean)"}
+    diversity: float | None = field(
+        default=None,
+        metadata={
+            "help": f"scale of the emotion space's spread (default: the checkpoint's, else {DEFAULT_DIVERSITY}: as "
+            "trained; 0: its mean)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "image i uses seed + i"})
 

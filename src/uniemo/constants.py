@@ -37,6 +37,8 @@ DEFAULT_SCHEDULER = "dpm++"
 DEFAULT_STEPS = 25
 #: Classifier-free guidance when the checkpoint does not carry its own (Stable Diffusion's usual 7.5).
 DEFAULT_GUIDANCE = 7.5
+#: The emotion space's spread when sampling a condition (1: as trained, METHOD §5; 0: its mean).
+DEFAULT_DIVERSITY = 1.0
 #: The ``model_index.json`` key by which a diffusion model directory names the sampler it is best sampled with
 #: (``model``: its own scheduler); diffusers ignores keys that start with "_".
 PREFERRED_SCHEDULER = "_uniemo_scheduler"

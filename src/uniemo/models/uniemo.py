@@ -175,17 +175,20 @@ class UniEmoModel(nn.Module):
     def sample_features(
         self, emotions: torch.Tensor, generator: torch.Generator | None = None, diversity: float = 1.0
     ) -> dict:
-        """One (cls, s, o) per requested emotion (B,) → name → (B, D): a real training image's features from the
-        bank (``space_bank``), else ~ N(μ_e, (diversity·σ_e)²) (METHOD §5 at diversity 1); diversity 0 always
-        gives the emotion's mean."""
+        """One (cls, s, o) per requested emotion (B,) → name → (B, D): ~ N(μ_e, (diversity·σ_e)²) (METHOD §5 at
+        diversity 1), or with a bank (``space_bank``) a real training image's features x moved towards the mean,
+        μ_e + diversity·(x − μ_e); diversity 0 always gives the emotion's mean."""
         names = SPACE_FEATURES if self.uses_queries else ("cls",)
         space = {}
         for name in names:
             space[f"{name}_mean"] = getattr(self, f"space_{name}_mean")
             space[f"{name}_std"] = getattr(self, f"space_{name}_std") * diversity
-            if self.config.space_bank and diversity > 0:
+            if self.config.space_bank:
                 space[f"{name}_bank"] = getattr(self, f"space_{name}_bank")
-        return sample_emotion_space(space, emotions, generator)
+        sample = sample_emotion_space(space, emotions, generator)
+        if not self.config.space_bank:
+            return sample
+        return {name: torch.lerp(space[f"{name}_mean"][emotions], x, diversity) for name, x in sample.items()}
 
     def architecture(self) -> dict[str, Any]:
         """Everything needed to rebuild this model without weights (``model.json``'s ``architecture``)."""

@@ -27,7 +27,7 @@ from PIL import Image
 from uniemo import hub
 from uniemo.checkpoint import CONFIG_FILE, SAVED_DIFFUSION, atomic_directory, resolve_checkpoint, save_model
 from uniemo.config import SamplingConfig
-from uniemo.constants import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, PREFERRED_SCHEDULER
+from uniemo.constants import DEFAULT_DIVERSITY, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, PREFERRED_SCHEDULER
 from uniemo.data.images import load_image
 from uniemo.data.transforms import ClipTransform
 from uniemo.errors import CheckpointError, ConfigError
@@ -188,11 +188,12 @@ class UniEmoPipeline:
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
-        """``steps``, ``guidance`` and ``scheduler`` used when a call leaves them out: those the checkpoint carries
-        (``model.json``'s ``sampling``: measured best for it when it was trained, e.g. the stand-in's guidance 3),
-        else 25 steps, guidance 7.5 and :attr:`default_scheduler`."""
+        """``steps``, ``guidance``, ``scheduler`` and ``diversity`` used when a call leaves them out: those the
+        checkpoint carries (``model.json``'s ``sampling``: measured best for it when it was trained, e.g. the
+        stand-in's guidance 3), else 25 steps, guidance 7.5, :attr:`default_scheduler` and diversity 1."""
         carried = {k: v for k, v in (self.meta.get("sampling") or {}).items() if v is not None}
         defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "scheduler": self.default_scheduler}
+        defaults["diversity"] = DEFAULT_DIVERSITY
         return {**defaults, **carried}
 
     @property
@@ -284,7 +285,7 @@ class UniEmoPipeline:
             )
 
     def emotion_conditions(
-        self, weights: Mapping[str, float], num_images: int, seed: int, diversity: float = _SAMPLING.diversity
+        self, weights: Mapping[str, float], num_images: int, seed: int, diversity: float = DEFAULT_DIVERSITY
     ) -> torch.Tensor:
         """c for each image (N, Σ d_c): per image, one sample of the emotion space per weighted emotion
         (generator seeded by seed + image index), fused as Σ w_k c_k."""
@@ -394,7 +395,7 @@ class UniEmoPipeline:
         negative_prompt: str = _SAMPLING.negative_prompt,
         batch_size: int = 8,
         size: int | None = None,
-        diversity: float = _SAMPLING.diversity,
+        diversity: float | None = _SAMPLING.diversity,
     ) -> GenerationOutput:
         """Generates ``num_images`` images: 1. check the inputs, 2. the conditions of the mode, 3. the prompt,
         4. denoise and decode in the diffusion model's pipeline.
@@ -410,7 +411,8 @@ class UniEmoPipeline:
                 :attr:`sampling_defaults`.
             seed: images i use seed + i, for the emotion-space sample and for the initial noise.
             size: image side; default the training resolution.
-            diversity: scales the emotion space's standard deviation when sampling (1: METHOD §5; 0: the mean).
+            diversity: scales the emotion space's spread when sampling (1: METHOD §5; 0: the mean); default
+                :attr:`sampling_defaults`.
 
         Raises:
             ConfigError: neither or both of ``emotion`` and ``reference``, unknown names, bad weights or values.
@@ -422,6 +424,7 @@ class UniEmoPipeline:
         steps = defaults["steps"] if steps is None else steps
         guidance = defaults["guidance"] if guidance is None else guidance
         scheduler = scheduler or defaults["scheduler"]
+        diversity = defaults["diversity"] if diversity is None else diversity
         if num_images < 1 or steps < 1 or guidance < 0 or diversity < 0:
             raise ConfigError("num_images and steps must be ≥ 1, guidance and diversity ≥ 0")
         # 2. the conditions c (N, Σ d_c): sampled from the emotion space (fused by the weights), or the references'

@@ -196,6 +196,7 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
 def _sampling_defaults(j: Any, parent: dict[str, Any] | None) -> dict[str, Any]:
     """The sampling defaults a checkpoint carries: the config's where set, else those of the run it continues."""
     own = {"steps": j.sampling_steps, "guidance": j.sampling_guidance, "scheduler": j.sampling_scheduler}
+    own["diversity"] = j.sampling_diversity
     inherited = dict((parent or {}).get("sampling") or {})
     return {**inherited, **{k: v for k, v in own.items() if v is not None}}
 
@@ -282,6 +283,10 @@ def check_joint_config(cfg: JointRunConfig) -> None:
     if j.sampling_scheduler is not None and j.sampling_scheduler not in SCHEDULERS:
         raise ConfigError(
             f"joint.sampling_scheduler must be one of {', '.join(SCHEDULERS)}, got {j.sampling_scheduler!r}"
+        )
+    if j.sampling_diversity is not None and j.sampling_diversity < 0:
+        raise ConfigError(
+            f"joint.sampling_diversity must be ≥ 0 (0: the emotion space's mean), got {j.sampling_diversity}"
         )
     if not 0 <= j.content_prompt <= 1:
         raise ConfigError(f"joint.content_prompt is a share of the training prompts (0 to 1), got {j.content_prompt}")

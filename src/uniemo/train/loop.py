@@ -64,6 +64,7 @@ RESUMABLE_CHANGES = {
     "joint.sampling_steps",
     "joint.sampling_guidance",
     "joint.sampling_scheduler",
+    "joint.sampling_diversity",
 }
 
 
