@@ -256,3 +256,11 @@ def test_unified_model_round_trip(tmp_path):
     assert "condition_norms" not in arch and arch["space_bank"] == 2  # stored only when set, as before
     with pytest.raises(ValueError, match="unknown field"):
         UniEmoModel.from_architecture({**arch, "mapper_width": 3})
+
+
+def test_a_negative_architecture_size_is_one_config_error():
+    from uniemo.errors import ConfigError
+    from uniemo.models.factory import create_model
+
+    with pytest.raises(ConfigError, match=r"create_model\('backbone=micro-clip'\): num_scene_queries"):
+        create_model(backbone="micro-clip", num_scene_queries=-1)

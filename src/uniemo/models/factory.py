@@ -216,7 +216,7 @@ def create_model(
         ConfigError: an override that is no architecture field, or options given with a checkpoint.
     """
 
-    name = str(name_or_path)
+    name = str(name_or_path) if name_or_path is not None else f"backbone={backbone}"
     if name_or_path is not None and name not in list_models() and Path(name).expanduser().exists():
         if overrides or backbone or not pretrained:
             raise ConfigError(f"{name} is a checkpoint: its architecture and weights are fixed (drop the options)")

@@ -134,6 +134,8 @@ class ExpertQueryCLIP(nn.Module):
         super().__init__()
         if config.query_mode not in QUERY_MODES:
             raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {config.query_mode!r}")
+        if config.num_scene_queries < 0 or config.num_object_queries < 0 or config.ib_layers < 0:
+            raise ValueError("num_scene_queries, num_object_queries and ib_layers must be ≥ 0")
         self.vision = vision
         self.gradient_checkpointing = gradient_checkpointing
         dim = vision.config.hidden_size
