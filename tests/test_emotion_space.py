@@ -64,3 +64,11 @@ def test_emotion_space_bank_holds_real_feature_triples_of_each_emotion():
     drawn = sample_emotion_space(four, torch.zeros(60, dtype=torch.long), torch.Generator().manual_seed(0))["cls"]
     bank_rows = set(map(tuple, four["cls_bank"][0].tolist()))
     assert len(bank_rows) == 4 and set(map(tuple, drawn.tolist())) == bank_rows
+
+
+def test_agreeing_keeps_the_images_read_as_their_own_emotion():
+    from uniemo.models.emotion_space import agreeing
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    read_as = torch.tensor([0, 1, 1, 0, 0, 1])  # emotion 2: neither of its images agrees, so both stay
+    assert agreeing(labels, read_as, num_classes=3).tolist() == [True, False, True, False, True, True]

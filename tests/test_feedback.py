@@ -216,5 +216,6 @@ def test_a_continued_run_keeps_the_objective_of_the_run_it_continues(synth_dir, 
     continued = _joint_config(feedback, tmp_path / "fb" / "run", None, 32)
     j = continued.joint
     assert (j.condition_loss, j.diffusion_weight, j.alpha, continued.loss.ce_weight) == ("supcon", 0.4, "hard", 0.7)
+    assert feedback.joint.space_filter == "none" and j.space_filter == "agreeing"  # the parent's emotion space
     assert j.mapper_lr == feedback.joint.mapper_lr and continued.optim.lr == feedback.optim.lr
     assert j.init_from == str(parent)

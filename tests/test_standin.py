@@ -175,8 +175,8 @@ def test_the_shipped_stand_in_draws_the_object_it_is_told():
     """The attribute judge reads the main object of 48 samples of "a {palette} {scene} with a {object}" (every
     object 8 times): SD's own text encoder tells the objects apart, so the named one comes out. The stand-in whose
     SD text encoder was the CLIP's own text tower (before step 4 of its recipe) showed it in 18 of these 48, the one
-    before step 5 in 33, the shipped one in 39; with each caption naming the next object instead, 1 of 48 was read as
-    the first (the object follows the words, not the seed)."""
+    before step 5 in 33, the one before step 8 in 39 (with each caption naming the next object instead, 1 of 48 was
+    read as the first: the object follows the words, not the seed), the shipped one in 43."""
     from uniemo.data.synth import OBJECTS, PALETTES, SCENES
     from uniemo.metrics.judge import BUILTIN_JUDGE, AttributeJudge
     from uniemo.models.diffusion import load_stable_diffusion

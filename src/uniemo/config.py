@@ -198,6 +198,9 @@ class JointConfig:
         mapper_hidden: hidden width of M_E, M_S, M_O.
         mapper_lr: lr of the mappers (``optim.lr`` is the understanding modules' lr).
         space_max_images: training images used for the emotion space (taken evenly from every emotion); 0 = all.
+        space_filter: ``none`` (the paper) builds the emotion space from all of those images; ``agreeing`` only
+            from the ones the understanding model reads as their labelled emotion, so that a bank holds no image
+            whose label it contradicts (an emotion none of whose images agrees keeps them all).
         init_from: a finished joint checkpoint to continue from (explicit feedback): its understanding model,
             mappers, priors and diffusion model are used, and ``understanding``, ``diffusion`` and ``prior`` are not.
         init_optimizer: continue from ``init_from``'s optimiser moments (its ``last/`` training state) instead of
@@ -253,6 +256,7 @@ class JointConfig:
     mapper_hidden: int = _UNIEMO.mapper_hidden
     mapper_lr: float = 1e-3
     space_max_images: int = 0
+    space_filter: Literal["none", "agreeing"] = "none"
     init_from: str | None = None
     init_optimizer: bool = True
     gradient_checkpointing: bool = False

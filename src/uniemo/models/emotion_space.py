@@ -59,6 +59,14 @@ def emotion_space(
     return space
 
 
+def agreeing(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) mask of the images whose predicted emotion is their label, plus every image of an emotion none of whose
+    images agrees (so that each emotion keeps a space)."""
+    keep = predictions == labels
+    agreed = torch.bincount(labels[keep], minlength=num_classes)  # (K,)
+    return keep | (agreed[labels] == 0)
+
+
 def sample_emotion_space(
     space: dict[str, torch.Tensor], emotions: torch.Tensor, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:

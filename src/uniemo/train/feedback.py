@@ -140,8 +140,9 @@ def _generate_all(
     return images
 
 
-#: the settings of L_Joint a continued run takes from the run it continues: Alg. 1 trains the same model on the same
-#: objective, and the feedback config's own ``joint`` section says only how the training continues.
+#: the settings of L_Joint, and of the emotion space it ends with, a continued run takes from the run it continues:
+#: Alg. 1 trains the same model on the same objective, and the feedback config's own ``joint`` section says only how
+#: the training continues.
 OBJECTIVE_KEYS = (
     "template",
     "alpha",
@@ -151,6 +152,7 @@ OBJECTIVE_KEYS = (
     "condition_weight",
     "diffusion_weight",
     "content_prompt",
+    "space_filter",
 )
 
 

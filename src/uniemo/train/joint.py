@@ -26,7 +26,7 @@ from uniemo.errors import CheckpointError, ConfigError, DataError
 from uniemo.metrics.classification import classification_report
 from uniemo.models.architecture import UniEmoConfig
 from uniemo.models.diffusion import load_stable_diffusion
-from uniemo.models.emotion_space import emotion_space
+from uniemo.models.emotion_space import agreeing, emotion_space
 from uniemo.models.placeholder import PromptEncoder
 from uniemo.models.uniemo import UniEmoModel
 from uniemo.pipelines.classifier import EmotionClassifier, predict_dataset
@@ -74,13 +74,14 @@ def spec_for_meta(spec: str) -> str:
 
 @torch.no_grad()
 def dataset_features(model: UniEmoModel, dataset: EmotionImageDataset, batch_size: int = 64) -> dict[str, Any]:
-    """Eval-mode ``cls``/``scene``/``object`` features (N, D) and labels (N,) of a dataset (the emotion space)."""
+    """Eval-mode ``cls``/``scene``/``object`` features (N, D), labels (N,) and predicted emotions (N,) of a dataset
+    (the emotion space)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
     feats: dict[str, list[torch.Tensor]] = {"cls": [], "scene": [], "object": []}
-    labels = []
+    labels, predictions = [], []
     for batch in loader:
         if "pixel_values" not in batch:
             continue
@@ -90,9 +91,10 @@ def dataset_features(model: UniEmoModel, dataset: EmotionImageDataset, batch_siz
             if value is not None:
                 feats[name].append(value.float().cpu())
         labels.append(batch["label"])
+        predictions.append(out.logits.argmax(-1).cpu())
     model.train(was_training)
     result = {name: torch.cat(chunks) for name, chunks in feats.items() if chunks}
-    return {"features": result, "labels": torch.cat(labels)}
+    return {"features": result, "labels": torch.cat(labels), "predictions": torch.cat(predictions)}
 
 
 def _param_groups(model: UniEmoModel, cfg: JointRunConfig) -> list[dict[str, Any]]:
@@ -446,7 +448,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, progress: bool = True
         diagnosis = diagnose(trainer, objective, probe) or diagnosis
     if run.is_main and j.diffusion_weight != 0:  # at w_θ = 0 (implicit feedback's control) no mapper was trained
         try:
-            build_emotion_space(model, data.space_set, cfg.seed, micro_batch)
+            used = build_emotion_space(model, data.space_set, cfg.seed, micro_batch, j.space_filter)
+            trainer.say(f"emotion space built from {used:.1%} of {len(data.space_set)} training images")
         except ValueError as err:
             trainer.save("last", meta)
             where = run.last_dir
@@ -492,16 +495,24 @@ def diagnose(trainer: Trainer, objective: JointObjective, probe: Any) -> dict[st
     return {"step": trainer.step, **report}
 
 
-def build_emotion_space(model: UniEmoModel, space_set: EmotionImageDataset, seed: int, batch: int) -> None:
-    """Sets the model's emotion space from ``space_set``'s features.
+def build_emotion_space(
+    model: UniEmoModel, space_set: EmotionImageDataset, seed: int, batch: int, space_filter: str = "none"
+) -> float:
+    """Sets the model's emotion space from ``space_set``'s features: all of them, or with ``space_filter=
+    "agreeing"`` only those of the images the model reads as their labelled emotion (:func:`~uniemo.models
+    .emotion_space.agreeing`). Returns the share of the images used.
 
     Raises:
         ValueError: the space cannot be built (an emotion without images).
     """
     feats = dataset_features(model, space_set, batch)
     classes = model.understanding.num_classes
-    space = emotion_space(feats["features"], feats["labels"], classes, model.config.space_bank, seed)
-    model.set_emotion_space(space)
+    features, labels = feats["features"], feats["labels"]
+    if space_filter == "agreeing":
+        keep = agreeing(labels, feats["predictions"], classes)
+        features, labels = {name: x[keep] for name, x in features.items()}, labels[keep]
+    model.set_emotion_space(emotion_space(features, labels, classes, model.config.space_bank, seed))
+    return len(labels) / max(1, len(feats["labels"]))
 
 
 def _stratified(samples: list, limit: int, num_classes: int) -> list:
