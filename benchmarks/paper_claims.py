@@ -35,6 +35,7 @@ the built-in synthetic dataset with a tiny stand-in, not on EmoSet with SD 1.5.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -72,9 +73,9 @@ CLAIMS = ("queries", "implicit", "alpha", "recipe", "cond", "explicit", "ti")
 
 #: The joint rows: name → their overrides of configs/tiny-joint.yaml.
 #: The method as the paper writes it, on the demo's recipe (configs/tiny-joint.yaml): soft α and the emotion space's
-#: diagonal Gaussian of every training image at diversity 1. The recipe itself trains without α and samples a bank
-#: of real triples (the ``recipe`` row); every other row changes one thing from ``full``.
-METHOD = ["joint.alpha=soft", "joint.space_bank=0", "joint.sampling_diversity=1", "joint.space_filter=none"]
+#: diagonal Gaussian of every training image at the library's diversity (1). The recipe itself trains without α and
+#: samples a bank of real triples (the ``recipe`` row); every other row changes one thing from ``full``.
+METHOD = ["joint.alpha=soft", "joint.space_bank=0", "joint.sampling_diversity=null", "joint.space_filter=none"]
 JOINT_ROWS: dict[str, list[str]] = {
     "full": METHOD,
     "recipe": [],
@@ -87,6 +88,23 @@ JOINT_ROWS: dict[str, list[str]] = {
     "supcon-0.001": [*METHOD, "joint.condition_loss=supcon", "joint.condition_weight=0.001"],
     "ce-0.001": [*METHOD, "joint.condition_loss=ce", "joint.condition_weight=0.001"],
 }
+
+
+def finished_with(run: Path, cfg: Any) -> bool:
+    """Whether ``run`` finished, trained with ``cfg``: a run kept from an older config (a row whose overrides or a
+    recipe whose defaults changed since) is trained again, never reported under the new one's name. ``model.preset``
+    is not compared: it only names the model keys a config leaves out, and those are."""
+    from uniemo.checkpoint import CONFIG_FILE
+    from uniemo.config import config_to_dict, load_config
+    from uniemo.train.loop import flat_dict
+
+    saved = run / "last" / CONFIG_FILE
+    if not (run / "summary.json").is_file() or not saved.is_file():
+        return False
+    then, now = (flat_dict(config_to_dict(c)) for c in (load_config(saved, cls=type(cfg)), cfg))
+    then.pop("model.preset", None)
+    now.pop("model.preset", None)
+    return then == now
 
 
 class Bench:
@@ -130,10 +148,9 @@ class Bench:
 
         steps = steps or self.p["stage1_steps"]
         run = self.out / f"stage1-{mode}-{steps}-seed{seed}"
-        if not (run / "summary.json").is_file():
+        cfg = load_config(resolve_config_path("tiny"), self.overrides(run, steps, seed, f"model.query_mode={mode}"))
+        if not finished_with(run, cfg):
             shutil.rmtree(run, ignore_errors=True)
-            overrides = self.overrides(run, steps, seed, f"model.query_mode={mode}")
-            cfg = load_config(resolve_config_path("tiny"), overrides)
             self.timed(f"stage 1 ({steps} steps)", lambda: train_understanding(cfg, progress=False))
         return run
 
@@ -142,20 +159,24 @@ class Bench:
         from uniemo.train.joint import train_joint
 
         run = self.out / f"joint-{row}-seed{seed}"
-        if not (run / "summary.json").is_file():
+        start = f"joint.understanding={self.stage1(seed)}"
+        overrides = self.overrides(run, self.p["joint_steps"], seed, start, *JOINT_ROWS[row])
+        cfg = load_config(resolve_config_path("tiny-joint"), overrides, JointRunConfig)
+        if not finished_with(run, cfg):
             shutil.rmtree(run, ignore_errors=True)
-            start = f"joint.understanding={self.stage1(seed)}"
-            overrides = self.overrides(run, self.p["joint_steps"], seed, start, *JOINT_ROWS[row])
-            cfg = load_config(resolve_config_path("tiny-joint"), overrides, JointRunConfig)
             self.timed(
                 "joint run" if row != "no-l-theta" else "joint run without L(θ)", lambda: train_joint(cfg, False)
             )
         return run
 
     def emo_a(self, seed: int, row: str) -> dict[str, Any]:
-        """The judge's Emo-A of ``per_emotion`` images of every emotion from a joint row (or textual inversion)."""
+        """The judge's Emo-A of ``per_emotion`` images of every emotion from a joint row (or textual inversion),
+        kept with the joint run it was read from (textual inversion's: the method's), and read again when that run
+        was trained again."""
+        run = self.joint(seed, "full" if row == "textual-inversion" else row)
+        trained = hashlib.sha1((run / "summary.json").read_bytes()).hexdigest()
         cached = self.out / f"emo-a-{row}-seed{seed}.json"
-        if cached.is_file():
+        if cached.is_file() and json.loads(cached.read_text()).get("trained") == trained:
             return json.loads(cached.read_text())
         from uniemo.metrics.modes import judge_emotions
         from uniemo.pipelines.generation import UniEmoPipeline
@@ -163,12 +184,12 @@ class Bench:
         if row == "textual-inversion":
             pipe = self.timed("textual inversion", lambda: self.textual_inversion(seed))
         else:
-            pipe = UniEmoPipeline.from_pretrained(self.joint(seed, row))
+            pipe = UniEmoPipeline.from_pretrained(run)
         sampling = {"seed": seed * 100_000, "batch_size": 32}
         result, _ = self.timed(
             "generate and judge", lambda: judge_emotions(pipe, self.judge, self.p["per_emotion"], **sampling)
         )
-        result = {k: v for k, v in result.items() if k != "read_as"}
+        result = {k: v for k, v in result.items() if k != "read_as"} | {"trained": trained}
         cached.write_text(json.dumps(result))
         return result
 

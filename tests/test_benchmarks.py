@@ -82,3 +82,21 @@ def test_paper_claims_decide_only_where_the_interval_does():
     assert row["measured"] == pytest.approx(80 / 400) and row["control"] == pytest.approx(40 / 400)
     assert row["n"] == 400 and row["holds"] is True  # 10 points, the unpaired half-width is 4.6
     assert row["interval"][0] == pytest.approx(0.1 - 1.96 * (0.2 * 0.8 / 400 + 0.1 * 0.9 / 400) ** 0.5)
+
+
+def test_paper_claims_train_again_a_kept_run_of_another_config(tmp_path):
+    """A kept run counts only if it was trained with the row's config as it resolves now: the recipe's runs trained
+    before ``joint.space_filter`` existed must not be reported under the filtered recipe's name."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import paper_claims
+    from uniemo.config import JointRunConfig, load_config, resolve_config_path, save_config
+
+    def row(*overrides):
+        return load_config(resolve_config_path("tiny-joint"), [f"output_dir={tmp_path}", *overrides], JointRunConfig)
+
+    (tmp_path / "last").mkdir()
+    save_config(row("joint.space_filter=none"), tmp_path / "last" / "config.yaml")
+    assert not paper_claims.finished_with(tmp_path, row("joint.space_filter=none"))  # no summary: it did not finish
+    (tmp_path / "summary.json").write_text("{}")
+    assert paper_claims.finished_with(tmp_path, row("joint.space_filter=none"))
+    assert not paper_claims.finished_with(tmp_path, row())  # the recipe now filters

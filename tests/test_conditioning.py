@@ -139,6 +139,7 @@ def test_the_emotion_space_holds_each_emotions_own_images(standin_joint, synth_d
     feats = dataset_features(model, EmotionImageDataset(samples, ClipTransform(model.understanding.image_size)))
     cls, labels, read_as = feats["features"]["cls"], feats["labels"], feats["predictions"]
     assert model.config.space_bank  # the demo's recipe: a bank of the images stage 1 reads as their own emotion
+    assert bool((read_as != labels).any())  # stage 1 gets some wrong, so the space without the filter differs
     for k in range(8):
         own = cls[labels == k]
         agree = cls[(labels == k) & (read_as == k)]

@@ -192,8 +192,12 @@ class UniEmoPipeline:
         checkpoint carries (``model.json``'s ``sampling``: measured best for it when it was trained, e.g. the
         stand-in's guidance 3), else 25 steps, guidance 7.5, :attr:`default_scheduler` and diversity 1."""
         carried = {k: v for k, v in (self.meta.get("sampling") or {}).items() if v is not None}
-        defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "scheduler": self.default_scheduler}
-        defaults["diversity"] = DEFAULT_DIVERSITY
+        defaults = {
+            "steps": DEFAULT_STEPS,
+            "guidance": DEFAULT_GUIDANCE,
+            "scheduler": self.default_scheduler,
+            "diversity": DEFAULT_DIVERSITY,
+        }
         return {**defaults, **carried}
 
     @property

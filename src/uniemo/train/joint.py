@@ -197,8 +197,12 @@ def build_joint_model(cfg: JointRunConfig, seed: int = 0) -> JointStart:
 
 def _sampling_defaults(j: Any, parent: dict[str, Any] | None) -> dict[str, Any]:
     """The sampling defaults a checkpoint carries: the config's where set, else those of the run it continues."""
-    own = {"steps": j.sampling_steps, "guidance": j.sampling_guidance, "scheduler": j.sampling_scheduler}
-    own["diversity"] = j.sampling_diversity
+    own = {
+        "steps": j.sampling_steps,
+        "guidance": j.sampling_guidance,
+        "scheduler": j.sampling_scheduler,
+        "diversity": j.sampling_diversity,
+    }
     inherited = dict((parent or {}).get("sampling") or {})
     return {**inherited, **{k: v for k, v in own.items() if v is not None}}
 
