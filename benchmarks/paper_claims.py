@@ -28,8 +28,8 @@ pooled over the seeds; Emo-A by the attribute judge (``uniemo.metrics.judge``) o
 emotion per row and seed, compared unpaired. Each claim prints one JSON line ``{"claim", "paper", "measured",
 "control", "interval", "n", "holds"}`` — ``holds`` is null when the 95 % interval of the difference contains 0 — and
 the whole is a table. ``--quick`` (one seed, fewer steps and images) runs in about half an hour on 2 CPU cores.
-Every run is kept in ``--out`` and reused when the benchmark is run again with the same profile. The numbers are on
-the built-in synthetic dataset with a tiny stand-in, not on EmoSet with SD 1.5.
+Every run is kept in ``--out`` and reused when the benchmark is run again with the same profile and stand-in. The
+numbers are on the built-in synthetic dataset with a tiny stand-in, not on EmoSet with SD 1.5.
 """
 
 from __future__ import annotations
@@ -107,6 +107,14 @@ def finished_with(run: Path, cfg: Any) -> bool:
     return then == now
 
 
+def standin_record() -> str:
+    """The shipped stand-in's training record, hashed. A run's config names the stand-in, not its weights, so runs
+    kept from another stand-in are told apart by this."""
+    from uniemo.models.factory import standin_path
+
+    return hashlib.sha1((standin_path() / "training.json").read_bytes()).hexdigest()[:12]
+
+
 class Bench:
     """The runs of one profile under ``out``: the dataset, the judge, stage-1 and joint runs, feedback, timings."""
 
@@ -114,6 +122,7 @@ class Bench:
         from uniemo.data.synth import SynthConfig, write_synthetic_dataset
         from uniemo.metrics.judge import judge_for
 
+        profile = {**profile, "standin": standin_record()}
         self.out, self.p = out, profile
         out.mkdir(parents=True, exist_ok=True)
         recorded = out / "profile.json"
@@ -122,7 +131,9 @@ class Bench:
             recorded.is_file()
             and {k: v for k, v in json.loads(recorded.read_text()).items() if k != "seeds"} != settings
         ):
-            raise SystemExit(f"{out} holds runs of another profile: choose another --out or delete it")
+            raise SystemExit(
+                f"{out} holds runs of another profile or another stand-in: choose another --out or delete it"
+            )
         recorded.write_text(json.dumps(profile))
         self.data = out / "data"
         if not (self.data / "info.json").is_file():

@@ -100,3 +100,26 @@ def test_paper_claims_train_again_a_kept_run_of_another_config(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     assert paper_claims.finished_with(tmp_path, row("joint.space_filter=none"))
     assert not paper_claims.finished_with(tmp_path, row())  # the recipe now filters
+
+
+def test_paper_claims_refuse_runs_kept_from_another_stand_in(tmp_path, monkeypatch):
+    """A run's config names the stand-in, not its weights: runs kept from before the stand-in was retrained (or from
+    before the benchmark recorded which stand-in it ran on) must not be reported as the shipped one's."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import paper_claims
+    import uniemo.data.synth
+
+    def accepted(*args, **kwargs):
+        raise RuntimeError("accepted")
+
+    monkeypatch.setattr(uniemo.data.synth, "write_synthetic_dataset", accepted)
+    profile = paper_claims.PROFILES["quick"]
+    for recorded, kept in [
+        (paper_claims.standin_record(), True),
+        ("0123456789ab", False),  # another stand-in
+        (None, False),  # a folder of the benchmark before it recorded the stand-in
+    ]:
+        kept_profile = {**profile, **({"standin": recorded} if recorded else {})}
+        (tmp_path / "profile.json").write_text(json.dumps(kept_profile))
+        with pytest.raises(RuntimeError if kept else SystemExit, match="accepted" if kept else "another stand-in"):
+            paper_claims.Bench(tmp_path, profile)

@@ -55,8 +55,8 @@ def test_after_joint_training_the_unet_reads_each_images_own_c(standin_joint):
     assert before["step"] == 0 and after["step"] == STEPS
     # Before training c means nothing to the UNet; after 80 steps the image's own c predicts its noise better than
     # another image's c, than the mean c and than no placeholder at all.
-    assert abs(before["diag/gap_shuffled"]) < 0.002
-    assert after["diag/gap_shuffled"] > 0.003
+    assert abs(before["diag/gap_shuffled"]) < 0.0005
+    assert after["diag/gap_shuffled"] > 0.0015
     assert after["diag/loss_own"] < min(after["diag/loss_mean"], after["diag/loss_empty"])
     # the diagnostic reaches TensorBoard too
     assert list((run / "logs").rglob("events.out.tfevents.*"))
@@ -112,7 +112,7 @@ def test_diagnostic_separates_a_condition_the_unet_reads_from_one_it_ignores(sta
     probe = make_probe(open_dataset(synth_dir).split("val"), size, 32, pipe.diffusion.vae, 24, 2)
     assert len(probe.labels) == 24 and bool((probe.labels != probe.labels[probe.permutation]).all())
     seeing = conditioning_report(pipe.model, objective, probe)
-    assert seeing["diag/gap_shuffled"] > 0.002
+    assert seeing["diag/gap_shuffled"] > 0.0008
     blind = []
     for name, module in pipe.diffusion.unet.named_modules():
         if name.endswith("attn2"):

@@ -44,6 +44,34 @@ def test_high_noise_share_draws_that_share_from_the_noisiest_timesteps():
     assert share_high(1.0) == 1.0
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_unet_flip_mirrors_that_share_of_the_unets_training_images(share, monkeypatch):
+    """``--unet-flip 0`` trains on the layouts as drawn (a mirrored built-in mountain is one the dataset never has)."""
+    import uniemo.train.base as base
+    from uniemo.models.diffusion import tiny_unet
+
+    scheduler, seen = base.stand_in_scheduler(), []
+    add_noise = scheduler.add_noise
+    scheduler.add_noise = lambda x0, noise, t: seen.append(x0.clone()) or add_noise(x0, noise, t)
+    monkeypatch.setattr(base, "stand_in_scheduler", lambda: scheduler)
+    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = BaseConfig(unet_steps=20, unet_batch=8, unet_flip=share)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = tiny_unet(16, 32)
+    base.train_unet(cfg, latents, torch.randn(2, 3, 32), torch.zeros(6, dtype=torch.long), 1, unet)
+
+    def mirrored(x):
+        if any(torch.equal(x, latent) for latent in latents):
+            return False
+        assert any(torch.equal(x, latent.flip(-1)) for latent in latents)
+        return True
+
+    drawn = [mirrored(x) for batch in seen for x in batch]
+    assert len(drawn) == 160
+    assert sum(drawn) / len(drawn) == pytest.approx(share, abs=0.1)
+
+
 @pytest.mark.parametrize("vary", ["palette", "scene", "object"])
 def test_hard_negative_batches_are_groups_that_only_one_cue_tells_apart(vary):
     rng = np.random.default_rng(0)
@@ -171,12 +199,11 @@ def test_the_shipped_stand_in_loads_and_generates():
     assert training["unet"]["steps"] >= 1000
 
 
-def test_the_shipped_stand_in_draws_the_object_it_is_told():
-    """The attribute judge reads the main object of 48 samples of "a {palette} {scene} with a {object}" (every
-    object 8 times): SD's own text encoder tells the objects apart, so the named one comes out. The stand-in whose
-    SD text encoder was the CLIP's own text tower (before step 4 of its recipe) showed it in 18 of these 48, the one
-    before step 5 in 33, the one before step 8 in 39 (with each caption naming the next object instead, 1 of 48 was
-    read as the first: the object follows the words, not the seed), the shipped one in 43."""
+def test_the_shipped_stand_in_draws_the_object_and_the_scene_it_is_told():
+    """The attribute judge reads the main object and the scene of 48 samples of "a {palette} {scene} with a {object}"
+    (every object and every scene 8 times): SD's own text encoder tells the objects apart, so the named object comes
+    out, and the UNet, trained on the layouts as drawn, draws the mountain unmirrored. The stand-in before step 4 of
+    its recipe fails the object's floor, the one before step 9 the scene's (its figures: the model card)."""
     from uniemo.data.synth import OBJECTS, PALETTES, SCENES
     from uniemo.metrics.judge import BUILTIN_JUDGE, AttributeJudge
     from uniemo.models.diffusion import load_stable_diffusion
@@ -190,7 +217,9 @@ def test_the_shipped_stand_in_draws_the_object_it_is_told():
     images = pipe(captions, num_inference_steps=25, guidance_scale=3.0, height=32, width=32, generator=generators)
     seen = judge.read(images.images)
     hits = sum(s == obj for s, (_, _, obj) in zip(seen["object"], asked))
-    assert hits / len(asked) >= 0.72, f"the named object in {hits} of {len(asked)} samples"
+    assert hits / len(asked) >= 0.85, f"the named object in {hits} of {len(asked)} samples"
+    scenes = sum(s == scene for s, (_, scene, _) in zip(seen["scene"], asked))
+    assert scenes / len(asked) >= 0.93, f"the named scene in {scenes} of {len(asked)} samples"
     assert seen["palette"] == [palette for palette, _, _ in asked]
 
 

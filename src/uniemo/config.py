@@ -372,6 +372,13 @@ class BaseConfig:
     unet_batch: int = 32
     unet_lr: float = field(default=4e-4, metadata={"help": "UNet peak learning rate"})
     caption_dropout: float = 0.1
+    unet_flip: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of the UNet's training images mirrored left to right (0: none, for a dataset whose "
+            "layouts are not symmetric, as the built-in mountain's)"
+        },
+    )
     high_noise_share: float = field(
         default=0.0,
         metadata={"help": "share of each UNet batch drawn from the noisiest 40 %% of the timesteps, 0: uniform"},

@@ -332,7 +332,7 @@ def train_unet(
     for step in range(1, cfg.unet_steps + 1):
         idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
         x0 = latents[idx]
-        flip = torch.rand(len(idx), generator=gen) < 0.5
+        flip = torch.rand(len(idx), generator=gen) < cfg.unet_flip
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         which = caption_index[idx].clone()
         which[torch.rand(len(idx), generator=gen) < cfg.caption_dropout] = empty
