@@ -108,11 +108,14 @@ def finished_with(run: Path, cfg: Any) -> bool:
 
 
 def standin_record() -> str:
-    """The shipped stand-in's training record, hashed. A run's config names the stand-in, not its weights, so runs
-    kept from another stand-in are told apart by this."""
+    """The shipped stand-in's weights, hashed. A run's config names the stand-in, not its weights, so runs kept from
+    another stand-in are told apart by this."""
     from uniemo.models.factory import standin_path
 
-    return hashlib.sha1((standin_path() / "training.json").read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha1()
+    for weights in sorted(standin_path().rglob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class Bench:
@@ -457,7 +460,7 @@ def main() -> int:
     for r in rows:
         print(json.dumps(r))
     seconds = {k: round(v) for k, v in bench.seconds.items()}
-    print(json.dumps({"profile": name, **profile, "seconds": round(time.perf_counter() - start), "parts": seconds}))
+    print(json.dumps({"profile": name, **bench.p, "seconds": round(time.perf_counter() - start), "parts": seconds}))
     return 0
 
 

@@ -155,6 +155,8 @@ def test_train_base_writes_directories_that_load_like_real_ones(synth_dir, tmp_p
         train_base(synth_dir, tmp_path / "bad", replace(hard, clip_cues="object,colour"))
     with pytest.raises(ConfigError, match="--clip-name-share must lie in"):
         train_base(synth_dir, tmp_path / "bad", replace(hard, clip_name_share=0.6))
+    with pytest.raises(ConfigError, match="--unet-flip is a share"):
+        train_base(synth_dir, tmp_path / "bad", replace(hard, unet_flip=50.0))
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5])

@@ -357,7 +357,7 @@ class FeedbackRunConfig(JointRunConfig):
 
 @dataclass
 class BaseConfig:
-    """Recipe of the stand-in models (the defaults are the shipped stand-in's)."""
+    """Recipe of the stand-in models (the defaults are the first step of the shipped stand-in's recipe)."""
 
     seed: int = field(default=0, metadata={"help": "seed"})
     image_size: int = 32  # diffusion resolution (latents at half of it)

@@ -392,6 +392,8 @@ def train_base(data: str | Path, out: str | Path, cfg: BaseConfig | None = None)
     _cues(cfg.clip_cues), _cues(cfg.text_cues)  # a misspelt cue fails before any training
     if not 0 <= cfg.clip_name_share <= 0.5:  # names replace partial captions, which are half the texts
         raise ConfigError(f"--clip-name-share must lie in [0, 0.5], got {cfg.clip_name_share}")
+    if not 0 <= cfg.unet_flip <= 1:
+        raise ConfigError(f"--unet-flip is a share and must lie in [0, 1], got {cfg.unet_flip}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root = Path(data)
