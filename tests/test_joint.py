@@ -160,6 +160,36 @@ def test_alpha_is_detached_and_follows_the_mode(trained_run):
     assert torch.equal(model.alphas(scene, obj, emotions)[0], torch.ones(3))
 
 
+def test_alpha_mean_weighs_every_image_by_the_training_sets_mean_soft_alpha(synth_dir, trained_run, tmp_path):
+    from uniemo.data.datasets import collate
+    from uniemo.pipelines.generation import UniEmoPipeline
+
+    cfg = _config(synth_dir, trained_run, tmp_path / "mean", "joint.alpha=mean", steps=2)
+    start = joint_module.build_joint_model(cfg, 0)
+    data = joint_module.joint_data(cfg, start)
+    start.model.prior_scene.copy_(torch.rand_like(start.model.prior_scene).softmax(1))
+    start.model.prior_object.copy_(torch.rand_like(start.model.prior_object).softmax(1))
+    mean = joint_module.fill_alpha_mean(start.model, data.train_set, 16)
+    # by hand: soft α of every training image with its own emotion, averaged
+    start.model.eval()
+    scene, obj = [], []
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(data.train_set, batch_size=7, collate_fn=collate):
+            out = start.model.understanding(batch["pixel_values"])
+            a_s, a_o = start.model.alphas(out.scene_embeds, out.object_embeds, batch["label"], mode="soft")
+            scene.append(a_s)
+            obj.append(a_o)
+    assert mean == pytest.approx([float(torch.cat(scene).mean()), float(torch.cat(obj).mean())], rel=1e-5)
+    assert 0 < mean[0] < 1 and mean[0] != pytest.approx(mean[1])
+    a_s, a_o = start.model.alphas(out.scene_embeds, out.object_embeds, batch["label"])
+    assert torch.equal(a_s, torch.full_like(a_s, mean[0])) and torch.equal(a_o, torch.full_like(a_o, mean[1]))
+
+    train_joint(cfg, progress=False)  # the run fills it from its own prior and keeps it with the weights
+    pipe = UniEmoPipeline.from_pretrained(tmp_path / "mean")
+    kept = pipe.model.alpha_mean.tolist()
+    assert pipe.model.alpha_mode == "mean" and kept != [1.0, 1.0] and 0 < min(kept) < max(kept) < 1
+
+
 def test_sdxl_joint_training_and_generation(synth_dir, trained_run, tmp_path):
     from uniemo.pipelines.generation import UniEmoPipeline
 

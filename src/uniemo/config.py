@@ -185,7 +185,8 @@ class JointConfig:
             attribute names' text embeddings) or ``cooccurrence`` (annotation counts).
         prior_clip: the CLIP (both towers) whose space the classifier prior uses; ``None`` = stage 1's text model.
         prior_epochs: epochs of the prior head's training.
-        alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute) or ``none`` (α = 1, the ablation).
+        alpha: ``soft`` (Σ π·P), ``hard`` (P of the argmax attribute), ``none`` (α = 1, the ablation) or ``mean``
+            (soft α's mean over the training set for every image: the control of α's per-emotion weighting).
         condition_loss: ``supcon`` (supervised contrastive on c: the paper's L_cond), ``ce`` (an emotion
             classifier on c, the paper's Table V baseline) or ``none`` (the default: measured, any L_cond on c pulls
             it away from what the UNet reads — docs/findings.md).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 QueryMode = Literal["multi_stage", "single_step", "none"]
-AlphaMode = Literal["soft", "hard", "none"]
+AlphaMode = Literal["soft", "hard", "none", "mean"]
 ConditionFeatures = Literal["all", "class_token"]
 
 
@@ -78,7 +78,9 @@ class UniEmoConfig:
     Attributes:
         condition_dims: d_c of each text encoder the condition c enters (SD 1.5: (768,); SDXL: (768, 1280)).
         mapper_hidden: the mappers' hidden width.
-        alpha: ``soft``, ``hard`` or ``none`` (α = 1: the "without α" ablation).
+        alpha: ``soft``, ``hard``, ``none`` (α = 1: the "without α" ablation) or ``mean`` (soft α's mean over the
+            training set, the same for every image and emotion: the control that tells α's weighting per emotion
+            from its scaling of the queries' part of c).
         condition_head: give c its own linear emotion classifier (the ``ce`` condition loss when Σ d_c ≠ D).
         temperature: τ of π, the attribute distribution (stage 1's τ).
         space_bank: M real (cls, s, o) feature sets kept per emotion for sampling (0: the diagonal Gaussian).

@@ -81,6 +81,8 @@ class UniEmoModel(nn.Module):
         # The `ce` condition loss reads c with the stage-1 head as it was when joint training began (frozen).
         self.register_buffer("frozen_head_weight", understanding.head.weight.detach().clone())
         self.register_buffer("frozen_head_bias", understanding.head.bias.detach().clone())
+        if config.alpha == "mean":  # (α_S, α_O): soft α averaged over the training set, filled by joint training
+            self.register_buffer("alpha_mean", torch.ones(2))
         self.register_buffer("prior_scene", torch.full((understanding.scene_vocab_embeds.shape[0], k), 1.0 / k))
         self.register_buffer("prior_object", torch.full((understanding.object_vocab_embeds.shape[0], k), 1.0 / k))
         for name in SPACE_FEATURES:
@@ -101,12 +103,20 @@ class UniEmoModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------
     def alphas(
-        self, scene_embeds: torch.Tensor | None, object_embeds: torch.Tensor | None, emotions: torch.Tensor
+        self,
+        scene_embeds: torch.Tensor | None,
+        object_embeds: torch.Tensor | None,
+        emotions: torch.Tensor,
+        mode: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(α_S, α_O), each (B,), detached: Σ_a π(a)·P(e* | a) (METHOD §3); ones with ``alpha="none"``."""
+        """(α_S, α_O), each (B,), detached: Σ_a π(a)·P(e* | a) (METHOD §3); ones with ``alpha="none"``, the stored
+        training-set mean with ``alpha="mean"``. ``mode`` overrides the model's (``soft`` fills that mean)."""
+        mode = mode or self.alpha_mode
         ones = torch.ones(len(emotions), device=emotions.device)
-        if self.alpha_mode == "none" or not self.uses_queries:
+        if mode == "none" or not self.uses_queries:
             return ones, ones
+        if mode == "mean":
+            return ones * self.alpha_mean[0], ones * self.alpha_mean[1]
         tau = self.config.temperature
         out = []
         for embeds, vocab, prior in (
@@ -117,7 +127,7 @@ class UniEmoModel(nn.Module):
                 out.append(ones)
                 continue
             pi = attribute_distribution(embeds.detach(), vocab, tau)  # (B, V)
-            out.append(correlation_coefficient(pi, prior, emotions, self.alpha_mode))
+            out.append(correlation_coefficient(pi, prior, emotions, mode))
         return out[0], out[1]
 
     def forward(self, pixel_values: torch.Tensor, emotions: torch.Tensor) -> JointOutput:

@@ -331,11 +331,36 @@ def before_training(cfg: JointRunConfig, start: JointStart, data: JointData, run
         template = extra.get("attribute_template", "{}")
         device = run.accelerator.device
         prior = compute_prior(cfg, start.model, data.train_samples, *vocabs, text_spec, device, template)
+    record: dict[str, Any] = {"prior": prior}
+    if cfg.joint.alpha == "mean" and start.joint_meta is None:
+        record["alpha_mean"] = fill_alpha_mean(start.model, data.train_set, batch)
+        logger.info("α: the training set's mean soft α_S %.3f, α_O %.3f for every image", *record["alpha_mean"])
     accuracy = test_accuracy(start.model, data.test_set, start.classes, batch) if run.is_main else float("nan")
     run.accelerator.wait_for_everyone()
     if run.is_main:
         logger.info("prior: %s; test accuracy before joint training %.2f%%", prior, 100 * accuracy)
-    return {"prior": prior, "accuracy_before": accuracy}
+    return {**record, "accuracy_before": accuracy}
+
+
+@torch.no_grad()
+def fill_alpha_mean(model: UniEmoModel, dataset: EmotionImageDataset, batch_size: int) -> list[float]:
+    """Sets ``model.alpha_mean`` to soft α_S, α_O averaged over ``dataset`` (each image with its own emotion, the
+    model in eval mode, the prior already filled) and returns the two values."""
+    was_training = model.training
+    model.eval()
+    device = model.alpha_mean.device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
+    sums, n = torch.zeros(2, dtype=torch.float64), 0
+    for batch in loader:
+        if "pixel_values" not in batch:
+            continue
+        out = model.understanding(batch["pixel_values"].to(device))
+        alphas = model.alphas(out.scene_embeds, out.object_embeds, batch["label"].to(device), mode="soft")
+        sums += torch.stack([a.double().sum().cpu() for a in alphas])
+        n += len(batch["label"])
+    model.train(was_training)
+    model.alpha_mean.copy_((sums / max(1, n)).float())
+    return [float(v) for v in model.alpha_mean]
 
 
 def joint_meta(cfg: JointRunConfig, start: JointStart, data: JointData, record: dict[str, Any]) -> dict[str, Any]:
