@@ -253,6 +253,7 @@ class Bench:
             write_synthetic_dataset(self.data, SynthConfig(seed=0), overwrite=True)
         self.judge, _ = judge_for(self.data)
         self.seconds: dict[str, float] = {}
+        self.commit = code_commit()  # the code this process runs, whatever the tree becomes meanwhile
 
     def timed(self, name: str, run: Any) -> Any:
         start = time.perf_counter()
@@ -552,7 +553,7 @@ def measure_piece(bench: Bench, claim: Claim, seed: int) -> dict[str, Any]:
         },
         "standin": bench.p["standin"],
         "spec": spec_record(bench, claim),
-        "commit": code_commit(),
+        "commit": bench.commit,
     }
     row = claim.method[1] if claim.method[0] == "joint" else "full"
     if "gradient_share" in claim.diagnostics:

@@ -5,6 +5,8 @@ walks the config dataclasses of ``uniemo.config`` (field name, type and default 
 the class docstring's ``Attributes:`` section or, for the commands' configs, from the help of the option the field
 becomes). Nothing here restates an option or a field: a page holds a marker comment and this hook fills it in.
 
+The claims' figures come from ``results/claims.jsonl`` through docs/results_pages.py.
+
 ``mkdocs.yml`` names this file under ``hooks:``; ``tests/test_docs.py`` imports it to check that every
 sub-command, option and field reaches the pages.
 """
@@ -316,7 +318,21 @@ def config_reference() -> str:
 # The hook
 
 
+def _results_pages() -> Any:
+    """docs/results_pages.py (beside this file, which MkDocs loads by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "results_pages", os.path.join(os.path.dirname(__file__), "results_pages.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    if "<!-- uniemo:claim" in markdown:
+        markdown = _results_pages().render(markdown)
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     if CONFIG_MARKER in markdown:

@@ -66,22 +66,73 @@ def test_gpu_check_runs_its_whole_path_on_a_cpu():
     assert out["stage1"]["tflop_per_step"] > 0 and out["joint"]["tflop_per_step"] > 0
 
 
-def test_paper_claims_decide_only_where_the_interval_does():
+def _piece(key, seed, measured, control, standin="s", spec="x"):
+    """A (claim, seed) piece whose per-image outcomes are the given 0/1 strings."""
+    n = len(measured)
+    return {
+        "key": key,
+        "seed": seed,
+        "measured": measured.count("1") / n,
+        "control": control.count("1") / n,
+        "n": n,
+        "discordant": sum(a != b for a, b in zip(measured, control)),
+        "outcomes": {"measured": measured, "control": control},
+        "standin": standin,
+        "spec": spec,
+        "commit": "c0ffee",
+    }
+
+
+def test_paper_claims_take_the_seed_as_the_unit():
+    """The interval is Student's t over the per-seed differences (t(0.975, 2) = 4.303 from the table), never
+    narrower than the pooled image-paired one; holds only from 3 seeds; powered against the paper's effect."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import paper_claims
 
-    above = paper_claims.verdict("c", "p", "m", 0.80, 0.70, (0.01, 0.19), 1000)
-    below = paper_claims.verdict("c", "p", "m", 0.70, 0.80, (-0.19, -0.01), 1000)
-    across = paper_claims.verdict("c", "p", "m", 0.71, 0.70, (-0.005, 0.025), 1000)
-    assert (above["holds"], below["holds"], across["holds"]) == (True, False, None)
-    assert not above["resolves_2_points"] and across["resolves_2_points"]  # half-widths 9 and 1.5 points
-    # Emo-A pooled over the seeds by counts: 30/100 and 50/300 against 20/100 and 20/300
-    measured = [{"emo_a": 0.3, "n": 100}, {"emo_a": 50 / 300, "n": 300}]
-    control = [{"emo_a": 0.2, "n": 100}, {"emo_a": 20 / 300, "n": 300}]
-    row = paper_claims.emo_a_claim("c", "p", measured, control)
-    assert row["measured"] == pytest.approx(80 / 400) and row["control"] == pytest.approx(40 / 400)
-    assert row["n"] == 400 and row["holds"] is True  # 10 points, the unpaired half-width is 4.6
-    assert row["interval"][0] == pytest.approx(0.1 - 1.96 * (0.2 * 0.8 / 400 + 0.1 * 0.9 / 400) ** 0.5)
+    claim = next(c for c in paper_claims.CLAIMS if c.key == "alpha")  # the paper's effect: 3.82 points
+    # 40 images a seed; the method gets 30, 22 and 26 right, the control 10, 12 and 8 on the same images
+    per_seed = [(30, 10), (22, 12), (26, 8)]
+    pieces = [
+        _piece("alpha", s, "1" * a + "0" * (40 - a), "1" * b + "0" * (40 - b)) for s, (a, b) in enumerate(per_seed)
+    ]
+    row = paper_claims.aggregate(claim, pieces, "full")
+    d = [0.5, 0.25, 0.45]
+    mean, sd = sum(d) / 3, (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5
+    assert row["interval"] == pytest.approx([mean - 4.303 * sd / 3**0.5, mean + 4.303 * sd / 3**0.5], abs=1e-3)
+    assert row["measured"] == pytest.approx(78 / 120) and row["control"] == pytest.approx(30 / 120)
+    assert row["n"] == 120 and row["seeds"] == [0, 1, 2] and row["holds"] is True
+    assert row["powered"] is False  # a half-width of 33 points cannot resolve the paper's 3.8
+    assert [s["measured"] for s in row["per_seed"]] == [0.75, 0.55, 0.65] and row["standin"] == "s"
+    assert row["pooled_interval"][1] - row["pooled_interval"][0] < row["interval"][1] - row["interval"][0]
+
+    two = paper_claims.aggregate(claim, [pieces[0], pieces[2]], "full")
+    assert two["interval"][0] > 0 and two["holds"] is None  # excludes 0, but two seeds do not decide
+
+    # three seeds that agree exactly: the interval falls back to the images' width, not to zero
+    same = [_piece("alpha", s, "1100110011", "1010101010") for s in range(3)]
+    row = paper_claims.aggregate(claim, same, "full")
+    assert row["interval"] == pytest.approx(row["pooled_interval"]) and row["interval"][1] > row["interval"][0]
+    assert row["holds"] is None
+
+
+def test_paper_claims_results_keep_only_pieces_of_this_stand_in_and_definition(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import paper_claims
+
+    alpha, ti = (next(c for c in paper_claims.CLAIMS if c.key == k) for k in ("alpha", "ti"))
+    results = paper_claims.Results(tmp_path, "full", "s")
+    for seed in range(3):
+        results.write_piece(ti, _piece("ti", seed, "1110", "0110"))
+        results.write_piece(alpha, _piece("alpha", seed, "1010", "0000", standin="old"))
+    rows = results.gather()
+    assert [r["key"] for r in rows] == ["ti"]  # alpha's pieces are of another stand-in
+    assert [json.loads(line)["key"] for line in (tmp_path / "claims.jsonl").read_text().splitlines()] == ["ti"]
+    assert results.kept(ti, 0, "x") is not None and results.kept(ti, 0, "changed") is None
+    assert results.kept(alpha, 0, "x") is None and results.kept(ti, 5, "x") is None
+    quick = paper_claims.Results(tmp_path, "quick", "s")
+    quick.write_piece(ti, _piece("ti", 0, "10", "01"))
+    quick.gather()
+    assert (tmp_path / "claims-quick.jsonl").is_file() and len(rows) == 1  # the full table is not touched
 
 
 def test_paper_claims_train_again_a_kept_run_of_another_config(tmp_path):

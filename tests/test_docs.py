@@ -283,3 +283,75 @@ def test_shell_blocks_parse(path, capsys):
                 except SystemExit:
                     error = capsys.readouterr().err.strip().splitlines()[-1:]
                     pytest.fail(f"{_name(path)}:{line_number}: `uniemo {' '.join(argv)}` does not parse: {error}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (e) the claims' figures come from results/claims.jsonl, never typed by hand
+
+
+def _results_pages():
+    spec = importlib.util.spec_from_file_location("results_pages", REPO / "docs" / "results_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PERCENT = re.compile(r"\d\s?%")
+SIGNED_INTERVAL = re.compile(r"\[\s*[−+-]\s?\d+(\.\d+)?,\s*[−+-]?\s?\d+(\.\d+)?\s*\]")
+
+
+def _typed_figures(text: str) -> list[str]:
+    """The lines of ``text`` (its markers removed) that show a percentage or a signed interval."""
+    text = _results_pages().MARKER.sub("", text)
+    return [line for line in text.splitlines() if PERCENT.search(line) or SIGNED_INTERVAL.search(line)]
+
+
+def _readme_claims_section() -> str:
+    pages = _results_pages()
+    section = _sections(README.read_text(), "## ")["What the paper claims, and what we measured"]
+    start, end = section.index(pages.README_START), section.index(pages.README_END) + len(pages.README_END)
+    return section[:start] + section[end:]
+
+
+def test_claims_figures_are_rendered_from_the_results_not_typed():
+    """docs/claims.md and the README's claims section hold no figure of their own: each comes from the results
+    through a marker; the pages that link to the claims quote none of their figures beside the link."""
+    assert _typed_figures((DOCS / "claims.md").read_text()) == []
+    assert _typed_figures(_readme_claims_section()) == []
+    for page in (DOCS / "verified.md", DOCS / "findings.md"):
+        quoting = [line for line in _typed_figures(page.read_text()) if "claims.md" in line or "paper_claims" in line]
+        assert quoting == [], page.name
+
+
+def test_the_readme_claims_table_is_the_one_the_results_give():
+    pages = _results_pages()
+    assert pages.readme_block() in README.read_text(), "run: python docs/results_pages.py"
+
+
+def test_every_claims_row_is_of_the_shipped_stand_in_and_has_its_control():
+    pages = _results_pages()
+    paper_claims = pages.claims_module()
+    keys = {c.key for c in paper_claims.CLAIMS}
+    for row in pages.load_rows().values():
+        assert row["key"] in keys and row["standin"] == paper_claims.standin_record(), row["key"]
+        assert row["profile"] == "full" and row["per_seed"], row["key"]
+        assert all(0 <= s["control"] <= 1 and 0 <= s["measured"] <= 1 for s in row["per_seed"]), row["key"]
+        assert sum(s["n"] for s in row["per_seed"]) == row["n"] and row["seeds"] == [
+            s["seed"] for s in row["per_seed"]
+        ]
+        assert row["holds"] is None or len(row["seeds"]) >= 3, row["key"]
+
+
+def test_claims_markers_render_the_rows_figures():
+    pages = _results_pages()
+    row = {
+        "key": "alpha", "claim": "α soft vs no α", "paper": "Table V", "paper_effect": 0.0382,
+        "measured": 0.729, "control": 0.806, "seeds": [0, 1, 2], "n": 1200, "discordant": 90,
+        "interval": [-0.119, -0.036], "holds": False, "powered": False,
+        "per_seed": [{"seed": s, "measured": 0.7, "control": 0.8, "n": 400, "discordant": 30} for s in range(3)],
+    }  # fmt: skip
+    page = pages.render("α: <!-- uniemo:claim alpha -->\n\n<!-- uniemo:claims-table -->", {"alpha": row})
+    assert "72.9 % vs 80.6 %: −7.7 points [−11.9, −3.6] over 3 seeds, N = 1,200 (no)" in page
+    assert "| α soft vs no α | Table V | 72.9 % vs 80.6 % | −7.7 [−11.9, −3.6], 3 seeds, 1,200 | **no** |" in page
+    assert page.count("not yet measured on the shipped stand-in") == len(pages.claims_module().CLAIMS) - 1
+    assert "<!-- uniemo" not in page

@@ -82,3 +82,14 @@ def test_two_models_compared_on_the_same_images(trained_run, joint_run, synth_di
     same = compare_understanding(trained_run, trained_run, synth_dir)
     assert same["difference"] == 0 and same["interval"] == [0.0, 0.0] and not same["resolved"]
     assert same["discordant"] == 0
+
+
+def test_t_quantiles_match_the_table_and_the_seed_interval_uses_them():
+    from uniemo.metrics.classification import seed_level_interval, t_quantile
+
+    table = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 30: 2.042}  # Student's t, 0.975, from any statistics table
+    assert {df: round(t_quantile(0.975, df), 3) for df in table} == table
+    mean, (low, high) = seed_level_interval([0.1, 0.3])
+    assert mean == pytest.approx(0.2) and high - mean == pytest.approx(12.706 * 0.1414214 / 2**0.5, rel=1e-4)
+    with pytest.raises(ValueError, match="two seeds"):
+        seed_level_interval([0.1])

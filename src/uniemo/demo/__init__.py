@@ -24,7 +24,7 @@ from uniemo.checkpoint import write_atomic
 
 logger = logging.getLogger(__name__)
 
-#: Stage settings: the full demo (about 9 minutes on 2 CPU cores) and ``--fast`` (about 2.5 minutes; the tests).
+#: Stage settings: the full demo and ``--fast`` (a few minutes; the tests).
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
         "synth": {"train": 4000, "val": 500, "test": 1000},
