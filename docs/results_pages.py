@@ -121,7 +121,9 @@ def probe(rows: dict[str, dict[str, Any]], key: str, name: str, field: str) -> s
     if row is None or name not in row:
         return "*(not yet measured on the shipped stand-in)*"
     value = row[name]["mean"][field]
-    return f"{100 * value:.2g} %" if field.endswith("norm_ratio") else f"{value:.2f}"
+    if not field.endswith("norm_ratio"):
+        return f"{value:.2f}".replace("-", "−")
+    return f"{100 * value:,.0f} %" if value >= 1 else f"{100 * value:.2g} %"
 
 
 def profile_time(path: Path = RESULTS / "claims" / "full" / "timing.json") -> str:

@@ -308,7 +308,7 @@ def _typed_figures(text: str) -> list[str]:
 
 def _readme_claims_section() -> str:
     pages = _results_pages()
-    section = _sections(README.read_text(), "## ")["What the paper claims, and what we measured"]
+    section = _sections(README.read_text(), "##")["What the paper claims, and what we measured"]
     start, end = section.index(pages.README_START), section.index(pages.README_END) + len(pages.README_END)
     return section[:start] + section[end:]
 
@@ -355,3 +355,6 @@ def test_claims_markers_render_the_rows_figures():
     assert "| α soft vs no α | Table V | 72.9 % vs 80.6 % | −7.7 [−11.9, −3.6], 3 seeds, 1,200 | **no** |" in page
     assert page.count("not yet measured on the shipped stand-in") == len(pages.claims_module().CLAIMS) - 1
     assert "<!-- uniemo" not in page
+    row["gradient_share"] = {"mean": {"diffusion_norm_ratio": 0.00255, "cond_norm_ratio": 1.8, "cond_cosine": -0.0073}}
+    probes = " ".join(f"<!-- uniemo:claim-probe alpha gradient_share {f} -->" for f in row["gradient_share"]["mean"])
+    assert pages.render(probes, {"alpha": row}) == "0.26 % 180 % −0.01"
