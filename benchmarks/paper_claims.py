@@ -354,6 +354,7 @@ class Bench:
             f"feedback.images_per_emotion={self.p['feedback_m']}",
             f"optim.max_steps={self.p['feedback_steps']}",
             f"seed={seed}",
+            "feedback.metrics_skip=[fid, lpips, sem-d]",  # the claims read accuracy and the judge's Emo-A only
         ]
         if name == "main":
             overrides += ["feedback.variants=[both, emo-a, sem-c, all]", "feedback.baseline=true"]
