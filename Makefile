@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-package test-reference dist docs lint mutate benchmark speed clean
+.PHONY: demo test test-fast test-package test-reference dist docs lint mutate benchmark speed claims claims-quick clean
 
 $(BIN)/uniemo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,14 @@ speed: $(BIN)/uniemo
 	$(BIN)/python benchmarks/joint_step.py --sizes demo sd15-vitb32-256 sd15-vitb32-512 --reps 3
 	$(BIN)/python benchmarks/classify_folder.py
 	$(BIN)/python benchmarks/classify_folder.py --arch clip-vit-base-patch32-arch --workers 0 1
+
+# Every claim of the paper against its control (docs/claims.md): the full profile writes results/claims.jsonl, a
+# (claim, seed) at a time, and resumes where it stopped; claims-quick is one seed, a smoke run.
+claims: $(BIN)/uniemo
+	$(BIN)/python benchmarks/paper_claims.py
+
+claims-quick: $(BIN)/uniemo
+	$(BIN)/python benchmarks/paper_claims.py --quick
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache mutants dist site

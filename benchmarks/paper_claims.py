@@ -715,7 +715,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and images (about 30 minutes)")
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and images: a smoke run")
     parser.add_argument("--seeds", type=int, nargs="+", help="the profile's seeds otherwise")
     parser.add_argument("--claims", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--out", help="where the runs are kept: default runs/paper-claims-full or -quick")
