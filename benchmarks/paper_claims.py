@@ -398,17 +398,13 @@ def probe_start(bench: Bench, seed: int, row: str) -> tuple[Any, Any, Any, Any]:
     import torch
 
     from uniemo.data.datasets import collate
-    from uniemo.train.joint import build_joint_model, fill_alpha_mean, freeze_diffusion, joint_data
-    from uniemo.train.prior import compute_prior
+    from uniemo.train.joint import build_joint_model, fill_alpha_mean, fill_prior, freeze_diffusion, joint_data
 
     cfg = bench.joint_config(seed, row)
     start = build_joint_model(cfg, seed)
     noise, _ = freeze_diffusion(start, "cpu", "no")
     data = joint_data(cfg, start)
-    extra = start.stage1_extra
-    text_spec = extra.get("text_model") or extra.get("backbone") or ""
-    vocabs, template = (start.scene_vocab, start.object_vocab), extra.get("attribute_template", "{}")
-    compute_prior(cfg, start.model, data.train_samples, *vocabs, text_spec, "cpu", template)
+    fill_prior(cfg, start, data)
     if cfg.joint.alpha == "mean":
         fill_alpha_mean(start.model, data.train_set, cfg.optim.batch_size)
     start.model.train()

@@ -325,12 +325,7 @@ def before_training(cfg: JointRunConfig, start: JointStart, data: JointData, run
     if start.joint_meta is not None:
         prior = start.joint_meta.get("prior", "")
     else:
-        extra = start.stage1_extra
-        text_spec = extra.get("text_model") or extra.get("backbone") or ""
-        vocabs = (start.scene_vocab, start.object_vocab)
-        template = extra.get("attribute_template", "{}")
-        device = run.accelerator.device
-        prior = compute_prior(cfg, start.model, data.train_samples, *vocabs, text_spec, device, template)
+        prior = fill_prior(cfg, start, data, run.accelerator.device)
     record: dict[str, Any] = {"prior": prior}
     if cfg.joint.alpha == "mean" and start.joint_meta is None:
         record["alpha_mean"] = fill_alpha_mean(start.model, data.train_set, batch)
@@ -340,6 +335,15 @@ def before_training(cfg: JointRunConfig, start: JointStart, data: JointData, run
     if run.is_main:
         logger.info("prior: %s; test accuracy before joint training %.2f%%", prior, 100 * accuracy)
     return {**record, "accuracy_before": accuracy}
+
+
+def fill_prior(cfg: JointRunConfig, start: JointStart, data: JointData, device: Any = "cpu") -> str:
+    """Fills a new model's prior P(e | a) in the stage-1 model's text space (:func:`compute_prior`); returns what
+    was used."""
+    extra = start.stage1_extra
+    text_spec = extra.get("text_model") or extra.get("backbone") or ""
+    vocabs, template = (start.scene_vocab, start.object_vocab), extra.get("attribute_template", "{}")
+    return compute_prior(cfg, start.model, data.train_samples, *vocabs, text_spec, device, template)
 
 
 @torch.no_grad()
